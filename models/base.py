@@ -1,0 +1,75 @@
+"""The contract every model follows, and the small blocks several families share.
+
+A backbone returns a list of feature maps and exposes their channel counts as ``out_channels``; a head takes
+that list and returns logits at a stated stride; ``SegmentationModel`` upsamples them to the input size.
+Auxiliary heads (deep supervision used in training) live in ``aux_heads`` and run only when asked for, so an
+exported graph never contains them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias) -> norm -> activation, the unit most CNN segmenters are built from."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        norm_layer: type[nn.Module] | None = nn.BatchNorm2d,
+        act_layer: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=norm_layer is None)
+        ]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_channels))
+        if act_layer is not None:
+            layers.append(act_layer(inplace=True) if act_layer in (nn.ReLU, nn.ReLU6) else act_layer())
+        super().__init__(*layers)
+
+
+class SegmentationModel(nn.Module):
+    """backbone -> head -> bilinear upsampling to the input size.
+
+    ``forward(images)`` returns logits ``(N, num_classes, H, W)``. ``forward(images, return_aux=True)``
+    also returns the auxiliary heads' logits (each upsampled to the input size), for training.
+    ``aux_indices[i]`` says which backbone feature ``aux_heads[i]`` reads.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        num_classes: int,
+        aux_heads: list[nn.Module] | None = None,
+        aux_indices: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.num_classes = num_classes
+        self.aux_heads = nn.ModuleList(aux_heads or [])
+        self.aux_indices = list(aux_indices or [])
+        if len(self.aux_heads) != len(self.aux_indices):
+            raise ValueError("aux_heads and aux_indices must have the same length")
+
+    def forward(self, images: torch.Tensor, return_aux: bool = False):
+        size = images.shape[-2:]
+        features = self.backbone(images)
+        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        if not return_aux:
+            return logits
+        aux = [
+            F.interpolate(h(features[i]), size=size, mode="bilinear", align_corners=False)
+            for h, i in zip(self.aux_heads, self.aux_indices)
+        ]
+        return logits, aux

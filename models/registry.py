@@ -1,0 +1,70 @@
+"""The model registry: one plain dict filled by a decorator.
+
+Every architecture registers its variant builders here. A builder takes keyword arguments
+(``num_classes`` at least) and returns an ``nn.Module`` whose ``forward(images)`` returns logits of shape
+``(N, num_classes, H, W)`` at the input size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What export needs to know about a registered variant, without building it.
+
+    ``size_divisor``: H and W must be multiples of it (the network's output stride, or a larger value where
+    padding arithmetic demands). ``dynamic_hw``: whether one exported graph serves any H and W that
+    satisfy ``size_divisor``; a model that bakes a size into its weights (e.g. learned position
+    embeddings) says False and is exported at one size.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    size_divisor: int = 32
+    dynamic_hw: bool = True
+    description: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = ""):
+    """Register a variant builder under its function name: ``@register_model("segformer")``."""
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
+        MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip())
+        return fn
+
+    return decorator
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a registered variant; an unknown name lists the known ones."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {' '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered variant with fresh (untrained) weights."""
+    return get_spec(name).builder(**kwargs)
+
+
+def list_models() -> list[ModelSpec]:
+    """All registered variants, grouped by family then name."""
+    return sorted(MODELS.values(), key=lambda s: (s.family, s.name))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of the deployed network: auxiliary training heads (``model.aux_heads``) are left out."""
+    aux = getattr(model, "aux_heads", None)
+    skip = {id(p) for p in aux.parameters()} if aux is not None else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
