@@ -1,0 +1,96 @@
+"""``python -m export {build,check,list}``; exit codes: 0 success, 1 failure, 2 usage error."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    from .config import BACKENDS, PRECISIONS
+
+    p = argparse.ArgumentParser(prog="python -m export", description="PyTorch -> ONNX -> engines for segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="export, rewrite, check, set precision, compile and verify engines")
+    b.add_argument("--config", default="pipeline.yaml", help="pipeline file (default: pipeline.yaml)")
+    b.add_argument("--models", type=_csv, help="comma-separated subset of the pipeline's models")
+    b.add_argument("--precisions", type=_csv, help=f"comma-separated subset of {','.join(PRECISIONS)}")
+    b.add_argument("--backends", type=_csv, help=f"comma-separated subset of {','.join(BACKENDS)}")
+    b.add_argument("--out", help="output folder (default: the pipeline's out_dir)")
+    b.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
+    b.add_argument("--no-verify", dest="verify", action="store_false", help="keep engines that fail parity")
+    c = sub.add_parser("check", help="accuracy and speed of built engines against PyTorch")
+    c.add_argument("--config", default="pipeline.yaml")
+    c.add_argument("--models", type=_csv)
+    c.add_argument("--out", help="folder the engines were built into (default: the pipeline's out_dir)")
+    c.add_argument("--json", help="write the results as JSON")
+    c.add_argument("--report", help="write the results as a Markdown report")
+    sub.add_parser("list", help="registered models with parameter counts")
+    return p
+
+
+def _validate_choices(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .config import BACKENDS, PRECISIONS
+
+    for name, allowed in (("precisions", PRECISIONS), ("backends", BACKENDS)):
+        for v in getattr(args, name, None) or []:
+            if v not in allowed:
+                p.error(f"--{name}: {v!r} is not one of {', '.join(allowed)}")
+
+
+def cmd_list() -> int:
+    import torch
+
+    from models import count_parameters, list_models
+
+    rows = []
+    for spec in list_models():
+        with torch.device("meta"):  # counts parameters without allocating them
+            n = count_parameters(spec.builder(num_classes=19))
+        rows.append((spec.family, spec.name, f"{n / 1e6:.2f}M", f"/{spec.size_divisor}",
+                     "dynamic H,W" if spec.dynamic_hw else "fixed H,W", spec.description))
+    print(f"{'family':<11}{'model':<14}{'params':>8}  {'sizes':<7}{'shape':<13}description")
+    for r in rows:
+        print(f"{r[0]:<11}{r[1]:<14}{r[2]:>8}  {r[3]:<7}{r[4]:<13}{r[5]}")
+    print("(parameters with 19 classes, auxiliary training heads excluded)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    _validate_choices(p, args)
+    try:
+        if args.command == "list":
+            return cmd_list()
+        from .config import load_pipeline
+
+        pipeline = load_pipeline(args.config)
+        if args.command == "build":
+            from .build import BuildOptions, build
+
+            rows = build(pipeline, BuildOptions(args.models, args.precisions, args.backends, args.out, args.force, args.verify))
+            built = sum(r["status"] == "built" for r in rows)
+            print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
+            return 0
+        from .check import check, machine_description, render_text, write_reports
+
+        rows = check(pipeline, args.models, args.out)
+        print(render_text(rows))
+        write_reports(rows, args.json, args.report, machine_description())
+        return 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; finished artifacts are kept, unfinished ones were not written", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""``python -m export build``: the stages, in order, for every model, precision and backend in pipeline.yaml.
+
+Every stage reads and writes a file under the output folder, so any stage can be inspected or re-run:
+
+    <out>/<model>/export.onnx                 1. PyTorch -> ONNX (custom ops kept as seg:: nodes)
+    <out>/<model>/<target>/rewritten.onnx     2. graph surgery for the target (onnxruntime | tensorrt)
+                                              3. TensorRT-bound graphs checked against TensorRT's op table
+    <out>/<model>/<target>/<precision>.onnx   4. precision annotated in the graph (fp32 | fp16 | int8)
+    <out>/<model>/onnxruntime/<precision>.engine.onnx, <out>/<model>/tensorrt/<precision>.plan
+                                              5. engines, each with a manifest (6) and build-time parity (7)
+
+Where TensorRT is missing, the TensorRT-bound graph of step 4 is the artifact (copy it to the device and
+build there); its accuracy is still measured here, by ONNX Runtime running that same graph.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import engines.onnxruntime as ort_engine
+from engines.base import EngineError
+from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_manifest
+from models import create_model, get_spec
+
+from . import compat
+from .config import ModelConfig, Pipeline, class_names, palette
+from .errors import UserError
+from .images import list_images, preprocess, read_rgb, synthetic_scene
+from .metrics import compare
+from .onnx_export import OPSET, export_onnx
+from .precision import to_fp16, to_int8
+from .rewrites import apply_rewrites
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BuildOptions:
+    models: list[str] | None = None
+    precisions: list[str] | None = None
+    backends: list[str] | None = None  # None: the pipeline's backends, TensorRT skipped with a note if absent
+    out_dir: str | None = None
+    force: bool = False
+    verify: bool = True
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def source_hash() -> str:
+    """Code that shapes an artifact is one of its inputs: a changed rewrite must rebuild the engines."""
+    files = sorted(p for d in ("models", "export", "engines") for p in (PROJECT_ROOT / d).rglob("*")
+                   if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
+    return sha256_json({str(p.relative_to(PROJECT_ROOT)): sha256_file(p) for p in files})
+
+
+def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, str]:
+    """The model with its weights, and the weights' hash. No weights file: random init from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.name, num_classes=cfg.num_classes)
+    if cfg.weights is None:
+        return model.eval(), f"random-init:seed={cfg.seed}"
+    path = pipeline.resolve(cfg.weights)
+    if not path.is_file():
+        raise UserError(f"weights {path} for {cfg.name} do not exist; fix models[].weights in pipeline.yaml")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
+        raise UserError(f"weights {path} cannot be read as a PyTorch state dict ({type(exc).__name__}); "
+                        "re-save them with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))
+    if not isinstance(state, dict):
+        raise UserError(f"weights {path} hold a {type(state).__name__}, not a state dict; "
+                        "save them with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"shape mismatch: {few(shapes)}" if shapes else ""]
+        raise UserError(f"weights {path} do not fit {cfg.name} with num_classes={cfg.num_classes}: "
+                        + "; ".join(p for p in parts if p))
+    model.load_state_dict(state)
+    return model.eval(), sha256_file(path)
+
+
+def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int) -> list[np.ndarray]:
+    """Inputs for parity and speed checks: the check folder's images if one is named, else generated scenes."""
+    size = tuple(cfg.input.size)
+    folder = pipeline.resolve(pipeline.check.images)
+    if folder is not None:
+        images = [read_rgb(p) for p in list_images(folder, "check.images", count)]
+    else:
+        images = [synthetic_scene(1000 + i, size) for i in range(count)]
+    return [preprocess(img, size, cfg.mean, cfg.std) for img in images]
+
+
+def calibration_set(pipeline: Pipeline, cfg: ModelConfig) -> tuple[list[np.ndarray], str]:
+    files = list_images(pipeline.resolve(pipeline.calibration.images), "calibration.images",
+                        pipeline.calibration.max_images)
+    batches = [preprocess(read_rgb(p), tuple(cfg.input.size), cfg.mean, cfg.std) for p in files]
+    return batches, sha256_json([[p.name, sha256_file(p)] for p in files] + [pipeline.calibration.method])
+
+
+def tensorrt_reason() -> str | None:
+    from engines.tensorrt import unavailable_reason  # lazy: never imports tensorrt itself unless present
+
+    return unavailable_reason()
+
+
+class ModelBuild:
+    """Everything built for one model entry; the exported and rewritten graphs are made once and shared."""
+
+    def __init__(self, pipeline: Pipeline, cfg: ModelConfig, out: Path, options: BuildOptions, code: str) -> None:
+        self.pipeline, self.cfg, self.options, self.code = pipeline, cfg, options, code
+        self.dir = out / cfg.name
+        self.spec = get_spec(cfg.name)
+        self.model, self.weights_hash = load_model(cfg, pipeline)
+        self._exported: onnx.ModelProto | None = None
+        self._rewritten: dict[str, onnx.ModelProto] = {}
+        self._calibration: tuple[list[np.ndarray], str] | None = None
+        self._inputs: list[np.ndarray] | None = None
+        self._references: list[np.ndarray] | None = None
+
+    # Shared, lazily computed stages ---------------------------------------------------------------------
+    def exported(self) -> onnx.ModelProto:
+        if self._exported is None:
+            t = time.perf_counter()
+            self._exported = export_onnx(self.model, self.dir / "export.onnx", tuple(self.cfg.input.size),
+                                         self.spec.size_divisor, self.spec.dynamic_hw)
+            log(f"  {self.cfg.name}: exported to ONNX (opset {OPSET}) in {time.perf_counter() - t:.1f}s")
+        return self._exported
+
+    def rewritten(self, target: str) -> onnx.ModelProto:
+        if target not in self._rewritten:
+            graph, counts = apply_rewrites(self.exported(), target)
+            atomic_write(self.dir / target / "rewritten.onnx", graph.SerializeToString())
+            done = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "nothing to lower"
+            log(f"  {self.cfg.name}: rewritten for {target} ({done})")
+            if target == "tensorrt":
+                self.check_tensorrt(graph)
+            self._rewritten[target] = graph
+        return self._rewritten[target]
+
+    def check_tensorrt(self, graph: onnx.ModelProto) -> None:
+        for version in self.pipeline.tensorrt.check_versions:
+            violations = compat.check_tensorrt_compat(graph, version)
+            if violations:
+                more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
+                raise UserError(f"{self.cfg.name}: TensorRT-bound graph fails the compatibility check: "
+                                f"{violations[0]}{more}")
+        log(f"  {self.cfg.name}: TensorRT-bound graph passes the op tables of TensorRT "
+            f"{', '.join(self.pipeline.tensorrt.check_versions)}")
+
+    def calibration(self) -> tuple[list[np.ndarray], str]:
+        if self._calibration is None:
+            self._calibration = calibration_set(self.pipeline, self.cfg)
+        return self._calibration
+
+    def parity_data(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if self._inputs is None:
+            self._inputs = sample_inputs(self.pipeline, self.cfg, self.pipeline.parity.num_inputs)
+            with torch.no_grad():
+                self._references = [self.model(torch.from_numpy(x)).numpy() for x in self._inputs]
+        return self._inputs, self._references
+
+    def precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
+        graph = self.rewritten(target)
+        if precision == "fp16":
+            graph = to_fp16(graph)
+        elif precision == "int8":
+            batches, _ = self.calibration()
+            graph = to_int8(graph, batches, target, self.pipeline.calibration.method)
+        atomic_write(self.dir / target / f"{precision}.onnx", graph.SerializeToString())
+        return graph
+
+    # One unit: (backend, precision) --------------------------------------------------------------------
+    def inputs_hash(self, backend: str, precision: str, backend_version: str) -> str:
+        parts = {
+            "model": asdict(self.cfg), "weights": self.weights_hash, "code": self.code, "precision": precision,
+            "backend": backend, "backend_version": backend_version, "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": ort_engine.VERSION,
+        }
+        if precision == "int8":
+            parts["calibration"] = self.calibration()[1]
+        if backend == "tensorrt":
+            parts["tensorrt"] = asdict(self.pipeline.tensorrt)
+        else:
+            parts["session"] = asdict(self.pipeline.onnxruntime)
+        return sha256_json(parts)
+
+    def up_to_date(self, artifact: Path, key: str) -> bool:
+        if self.options.force or not artifact.exists():
+            return False
+        try:
+            manifest = read_manifest(artifact)
+        except EngineError:
+            return False
+        return manifest.get("hashes", {}).get("inputs") == key and manifest.get("engine", {}).get("sha256") == sha256_file(artifact)
+
+    def build_unit(self, backend: str, precision: str, trt_reason: str | None) -> dict:
+        """Build one artifact unless an identical build exists; returns its summary row."""
+        compiled = backend == "onnxruntime" or trt_reason is None
+        if backend == "onnxruntime":
+            artifact, version = self.dir / "onnxruntime" / f"{precision}.engine.onnx", ort_engine.VERSION
+        elif compiled:
+            from engines import tensorrt as trt_engine
+            artifact, version = self.dir / "tensorrt" / f"{precision}.plan", trt_engine.device_info()["tensorrt_version"]
+        else:  # TensorRT-bound graph only: compiled on the device
+            artifact, version = self.dir / "tensorrt" / f"{precision}.onnx", "graph"
+        key = self.inputs_hash(backend, precision, version)
+        row = {"model": self.cfg.name, "precision": precision, "backend": backend, "artifact": str(artifact),
+               "kind": "engine" if compiled else "graph"}
+        if self.up_to_date(artifact, key):
+            manifest = read_manifest(artifact)
+            log(f"  {self.cfg.name} {precision} {backend}: up to date ({artifact.name}), skipped")
+            return {**row, "status": "cached", "parity": manifest.get("parity")}
+        start = time.perf_counter()
+        target = backend
+        graph = self.precision_graph(target, precision)
+        graph_bytes = graph.SerializeToString()
+        if backend == "onnxruntime":
+            data = ort_engine.build_engine(graph_bytes, self.pipeline.onnxruntime.optimization_level)
+            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, self.pipeline.onnxruntime.threads))
+            device = {"device": "cpu", "processor": platform.processor() or platform.machine()}
+        elif compiled:
+            data, parity, device = self.build_tensorrt(precision)
+        else:
+            data = graph_bytes
+            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, self.pipeline.onnxruntime.threads))
+            parity["measured_with"] = f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
+            device = {"device": "any NVIDIA GPU (compile on the target)"}
+        self.gate(precision, backend, parity)
+        atomic_write(artifact, data)
+        write_manifest(artifact, self.manifest(backend, version, precision, artifact, graph_bytes, key, parity,
+                                               device, time.perf_counter() - start, compiled))
+        log(f"  {self.cfg.name} {precision} {backend}: built {artifact.name} in {time.perf_counter() - start:.1f}s, "
+            f"max|err| {parity['max_abs_error']:.3g}, pixel agreement {parity['pixel_agreement']:.4f}")
+        return {**row, "status": "built", "parity": parity}
+
+    def build_tensorrt(self, precision: str):
+        from engines import tensorrt as trt_engine
+
+        trt_cfg = self.pipeline.tensorrt
+        graph_path = self.dir / "tensorrt" / f"{precision}.onnx"
+        size = self.cfg.input
+        shape = lambda hw: (1, 3, *hw)  # noqa: E731
+        options = trt_engine.TensorRTOptions(
+            min_shape=shape(size.min or size.size), opt_shape=shape(size.size), max_shape=shape(size.max or size.size),
+            workspace_mib=trt_cfg.workspace_mib, dla_core=trt_cfg.dla_core,
+            version_compatible=trt_cfg.version_compatible, hardware_compatibility=trt_cfg.hardware_compatibility,
+            timing_cache=self.dir.parent / trt_cfg.timing_cache,
+            builder_optimization_level=trt_cfg.builder_optimization_level,
+        )
+        try:
+            plan = trt_engine.build_engine(graph_path, options)
+        except EngineError as exc:
+            raise UserError(f"{self.cfg.name} {precision}: TensorRT build failed: {exc}") from None
+        tmp = graph_path.with_suffix(".plan.verify")
+        tmp.write_bytes(plan)
+        try:
+            parity = self.measure(lambda: trt_engine.TensorRTRunner(tmp, version_compatible=trt_cfg.version_compatible))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return plan, parity, trt_engine.device_info()
+
+    def measure(self, make_runner) -> dict:
+        inputs, references = self.parity_data()
+        with make_runner() as runner:
+            outputs = [runner.infer({"images": x})["logits"] for x in inputs]
+        return {**compare(outputs, references), "num_inputs": len(inputs), "size": list(self.cfg.input.size)}
+
+    def gate(self, precision: str, backend: str, parity: dict) -> None:
+        threshold = getattr(self.pipeline.parity, precision)
+        problems = []
+        if threshold.max_abs_error is not None and not parity["max_abs_error"] <= threshold.max_abs_error:
+            problems.append(f"max abs logit error {parity['max_abs_error']:.3g} > {threshold.max_abs_error:g}")
+        if threshold.min_pixel_agreement is not None and parity["pixel_agreement"] < threshold.min_pixel_agreement:
+            problems.append(f"pixel agreement {parity['pixel_agreement']:.4f} < {threshold.min_pixel_agreement:g}")
+        parity["passed"] = not problems
+        if problems and self.options.verify:
+            raise UserError(f"{self.cfg.name} {precision} {backend}: parity with PyTorch failed ({'; '.join(problems)}); "
+                            f"the previous artifact is kept. Loosen parity.{precision} in pipeline.yaml or pass --no-verify")
+        if problems:
+            log(f"  warning: {self.cfg.name} {precision} {backend}: parity failed ({'; '.join(problems)}), kept (--no-verify)")
+
+    def manifest(self, backend, version, precision, artifact, graph_bytes, key, parity, device, seconds, compiled):
+        cfg, size = self.cfg, self.cfg.input
+        return {
+            "model": cfg.name, "family": self.spec.family, "variant": cfg.name, "precision": precision,
+            "backend": backend, "backend_version": version, "kind": "engine" if compiled else "graph",
+            "classes": class_names(cfg), "palette": palette(cfg),
+            "input": {"name": "images", "layout": "NCHW", "dtype": "float32", "size": size.size,
+                      "min": size.min or size.size, "max": size.max or size.size,
+                      "size_divisor": self.spec.size_divisor, "dynamic_hw": self.spec.dynamic_hw},
+            "output": {"name": "logits", "layout": "NCHW", "dtype": "float32", "num_classes": cfg.num_classes},
+            "normalization": {"mean": cfg.mean, "std": cfg.std, "color": "RGB", "scale": "0-255"},
+            "device": device,
+            "session": asdict(self.pipeline.onnxruntime) if backend == "onnxruntime" else None,
+            "tensorrt": asdict(self.pipeline.tensorrt) if backend == "tensorrt" else None,
+            "hashes": {"inputs": key, "weights": self.weights_hash, "onnx": sha256_bytes(graph_bytes),
+                       "config": sha256_json(asdict(cfg)), "code": self.code},
+            "engine": {"file": artifact.name, "sha256": sha256_bytes(artifact.read_bytes()), "bytes": artifact.stat().st_size},
+            "build_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(seconds, 2),
+            "parity": parity,
+        }
+
+
+def build(pipeline: Pipeline, options: BuildOptions) -> list[dict]:
+    """Build what ``pipeline`` and ``options`` select; returns one summary row per artifact."""
+    out = Path(options.out_dir) if options.out_dir else pipeline.resolve(pipeline.out_dir)
+    known = [m.name for m in pipeline.models]
+    for name in options.models or []:
+        if name not in known:
+            get_spec(name) if name not in __import__("models").MODELS else None
+            raise UserError(f"--models: {name!r} is not in the pipeline; it has: {', '.join(known)}")
+    backends = options.backends or list(pipeline.backends)
+    trt_reason = tensorrt_reason() if "tensorrt" in backends else None
+    if trt_reason and options.backends and "tensorrt" in options.backends:
+        raise UserError(f"--backends tensorrt: TensorRT engines cannot be built here: {trt_reason}")
+    if trt_reason:
+        log(f"note: TensorRT engines are skipped: {trt_reason}. The TensorRT-bound graphs are still built, "
+            "checked and measured (with ONNX Runtime); compile them on the device with python -m export build.")
+    code = source_hash()
+    rows = []
+    for cfg in pipeline.models:
+        if options.models and cfg.name not in options.models:
+            continue
+        precisions = [p for p in cfg.precisions if not options.precisions or p in options.precisions]
+        log(f"{cfg.name}: {', '.join(precisions)} x {', '.join(backends)}")
+        unit = ModelBuild(pipeline, cfg, out, options, code)
+        for backend in backends:
+            for precision in precisions:
+                rows.append(unit.build_unit(backend, precision, trt_reason if backend == "tensorrt" else None))
+    atomic_write(out / "summary.json", json.dumps(rows, indent=2).encode())
+    return rows

@@ -1,0 +1,163 @@
+"""``python -m export check``: built engines beside their PyTorch models on the same images.
+
+Accuracy is agreement with PyTorch (logit error, pixel agreement, mIoU of engine predictions against
+PyTorch's). Speed is PyTorch eager against the engine on the same CPU with the same thread count,
+measured in one run so that the ratio holds on a noisy machine.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.base import EngineError
+from engines.manifest import read_manifest
+from engines.onnxruntime import OnnxRuntimeRunner
+
+from .build import load_model, log, sample_inputs
+from .config import Pipeline
+from .errors import UserError
+from .metrics import compare
+
+
+def _latency(fn, inputs: list[np.ndarray], warmup: int, iterations: int) -> dict[str, float]:
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times = []
+    for i in range(iterations):
+        t = time.perf_counter()
+        fn(inputs[i % len(inputs)])
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "throughput_fps": float(1000 / ms.mean())}
+
+
+def _artifacts(out: Path, model: str) -> list[Path]:
+    """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound graphs."""
+    found = []
+    for pattern in ("onnxruntime/*.engine.onnx", "tensorrt/*.plan", "tensorrt/*.onnx"):
+        found += [p for p in sorted((out / model).glob(pattern)) if Path(str(p) + ".manifest.json").exists()]
+    return found
+
+
+def _runner(path: Path, threads: int):
+    manifest = read_manifest(path)
+    if manifest.get("kind") == "graph":
+        # A TensorRT-bound graph: run by ONNX Runtime here, as the build measured it.
+        return manifest, OnnxRuntimeRunner(path, threads), "onnxruntime (TensorRT-bound graph)"
+    if manifest["backend"] == "tensorrt":
+        from engines import tensorrt as trt_engine
+
+        reason = trt_engine.unavailable_reason()
+        if reason:
+            return manifest, None, reason
+        return manifest, trt_engine.TensorRTRunner(path), "tensorrt"
+    return manifest, OnnxRuntimeRunner.from_engine(path, threads), "onnxruntime"
+
+
+def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | None = None) -> list[dict]:
+    out = Path(out_dir) if out_dir else pipeline.resolve(pipeline.out_dir)
+    cfg_check = pipeline.check
+    threads = cfg_check.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    for cfg in pipeline.models:
+        if models and cfg.name not in models:
+            continue
+        artifacts = _artifacts(out, cfg.name)
+        if not artifacts:
+            raise UserError(f"{cfg.name}: nothing built in {out / cfg.name}; run python -m export build first")
+        model, _ = load_model(cfg, pipeline)
+        inputs = sample_inputs(pipeline, cfg, cfg_check.num_images)
+        with torch.no_grad():
+            references = [model(torch.from_numpy(x)).numpy() for x in inputs]
+            eager = _latency(lambda x: model(torch.from_numpy(x)), inputs, cfg_check.warmup, cfg_check.iterations)
+        log(f"{cfg.name}: PyTorch eager p50 {eager['p50_ms']:.1f} ms at {cfg.input.size[0]}x{cfg.input.size[1]}, "
+            f"{threads} threads")
+        for path in artifacts:
+            manifest, runner, how = _runner(path, threads)
+            row = {"model": cfg.name, "precision": manifest["precision"], "backend": manifest["backend"],
+                   "kind": manifest.get("kind", "engine"), "run_with": how, "artifact": str(path),
+                   "size": cfg.input.size, "threads": threads, "pytorch": eager}
+            if runner is None:
+                rows.append({**row, "skipped": how})
+                continue
+            with runner:
+                outputs = [runner.infer({"images": x})["logits"] for x in inputs]
+                speed = _latency(lambda x: runner.infer({"images": x}), inputs, cfg_check.warmup, cfg_check.iterations)
+            row.update(compare(outputs, references))
+            row["engine"] = speed
+            row["speedup_vs_pytorch"] = eager["p50_ms"] / speed["p50_ms"]
+            rows.append(row)
+            log(f"  {manifest['precision']} {how}: p50 {speed['p50_ms']:.1f} ms, "
+                f"x{row['speedup_vs_pytorch']:.2f} vs eager, agreement {row['pixel_agreement']:.4f}")
+    return rows
+
+
+COLUMNS = ["model", "precision", "run_with", "max|err|", "rel L2", "agree", "mIoU", "eager p50", "eager p90",
+           "engine p50", "engine p90", "fps", "speedup"]
+
+
+def table(rows: list[dict]) -> list[list[str]]:
+    lines = []
+    for r in rows:
+        if "skipped" in r:
+            lines.append([r["model"], r["precision"], r["backend"], "skipped: " + r["skipped"]] + [""] * 9)
+            continue
+        e, p = r["engine"], r["pytorch"]
+        lines.append([r["model"], r["precision"], r["run_with"], f"{r['max_abs_error']:.2e}", f"{r['rel_l2_error']:.2e}",
+                      f"{r['pixel_agreement']:.4f}", f"{r['miou_vs_pytorch']:.4f}", f"{p['p50_ms']:.1f}",
+                      f"{p['p90_ms']:.1f}", f"{e['p50_ms']:.1f}", f"{e['p90_ms']:.1f}", f"{e['throughput_fps']:.1f}",
+                      f"{r['speedup_vs_pytorch']:.2f}x"])
+    return lines
+
+
+def render_text(rows: list[dict]) -> str:
+    body = table(rows)
+    widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
+    fmt = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body])
+
+
+def render_markdown(rows: list[dict], machine: str) -> str:
+    body = table(rows)
+    lines = [f"Machine: {machine}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    lines += ["", "Latencies in ms at batch 1; speedup = PyTorch eager p50 / engine p50, same threads, same run."]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(rows: list[dict], json_path: str | None, md_path: str | None, machine: str) -> None:
+    from engines.manifest import atomic_write
+
+    if json_path:
+        atomic_write(Path(json_path), json.dumps({"machine": machine, "rows": rows}, indent=2).encode())
+    if md_path:
+        atomic_write(Path(md_path), render_markdown(rows, machine).encode())
+
+
+def machine_description() -> str:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def ensure_engine_loads(path: Path) -> None:
+    """Raise the loader's error for a damaged or foreign engine (used by tests and the CLI's messages)."""
+    try:
+        OnnxRuntimeRunner.from_engine(path).activate().deactivate()
+    except EngineError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,247 @@
+"""pipeline.yaml, loaded once into typed objects.
+
+Validation is driven by the dataclass annotations below, so a field's type is declared once. Every error
+names the path of the offending value and what is allowed: ``models[1].precisions[0]: 'int4' is not one of
+fp32, fp16, int8``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import yaml
+
+from .errors import UserError
+
+Precision = Literal["fp32", "fp16", "int8"]
+Backend = Literal["onnxruntime", "tensorrt"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]
+CITYSCAPES_PALETTE = [
+    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
+    [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60],
+    [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
+]
+
+
+@dataclass
+class InputSize:
+    """The sizes (H, W) a model is built for. ``size`` is what parity, calibration and check run at and the
+    TensorRT profile's opt shape; ``min``/``max`` bound the TensorRT profile (ONNX Runtime takes any size
+    that is a multiple of the model's size divisor)."""
+
+    size: list[int] = field(default_factory=lambda: [256, 512])
+    min: Optional[list[int]] = None
+    max: Optional[list[int]] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    precisions: list[Precision] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    num_classes: int = 19
+    classes: Optional[list[str]] = None  # default: Cityscapes' 19 names when num_classes is 19
+    palette: Optional[list[list[int]]] = None
+    weights: Optional[str] = None  # a state dict; None: deterministic random initialisation from `seed`
+    seed: int = 0
+    input: InputSize = field(default_factory=InputSize)
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB, 0-255 scale
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+
+@dataclass
+class Calibration:
+    images: Optional[str] = None  # a folder of images; INT8 refuses to build without it
+    max_images: int = 16
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+
+@dataclass
+class Threshold:
+    """Parity of an engine with PyTorch, measured at build. ``None`` disables that bound."""
+
+    max_abs_error: Optional[float] = None
+    min_pixel_agreement: Optional[float] = None
+
+
+@dataclass
+class Parity:
+    num_inputs: int = 3
+    fp32: Threshold = field(default_factory=lambda: Threshold(1e-3, 0.999))
+    fp16: Threshold = field(default_factory=lambda: Threshold(None, 0.98))
+    int8: Threshold = field(default_factory=lambda: Threshold(None, 0.90))
+
+
+@dataclass
+class Check:
+    images: Optional[str] = None  # None: generated images
+    num_images: int = 4
+    warmup: int = 2
+    iterations: int = 10
+    threads: int = 0  # 0: every core
+
+
+@dataclass
+class OnnxRuntimeConfig:
+    threads: int = 0  # intra-op threads; 0: every core
+    optimization_level: Literal["basic", "extended"] = "extended"
+
+
+@dataclass
+class TensorRTConfig:
+    check_versions: list[str] = field(default_factory=lambda: ["10.3", "latest"])
+    workspace_mib: int = 2048
+    dla_core: Optional[int] = None
+    version_compatible: bool = False
+    hardware_compatibility: Optional[Literal["ampere_plus"]] = None
+    builder_optimization_level: Optional[int] = None
+    timing_cache: str = "timing.cache"  # relative to the output folder
+
+
+@dataclass
+class Pipeline:
+    models: list[ModelConfig]
+    out_dir: str = "build"
+    backends: list[Backend] = field(default_factory=lambda: ["onnxruntime", "tensorrt"])
+    calibration: Calibration = field(default_factory=Calibration)
+    parity: Parity = field(default_factory=Parity)
+    check: Check = field(default_factory=Check)
+    onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def resolve(self, path: str | None) -> Path | None:
+        """A path from the file, taken relative to the file's folder."""
+        return None if path is None else (self.base_dir / path)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(value, non_none[0], path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise UserError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    ok = (isinstance(value, bool) if tp is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+          isinstance(value, int) and not isinstance(value, bool) if tp is int else isinstance(value, tp))
+    if not ok:
+        raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{path or 'pipeline'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise UserError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{sub}: missing; expected {_type_name(hints[name])}")
+    return cls(**kwargs)
+
+
+def _validate(p: Pipeline) -> None:
+    from models import MODELS  # late: keeps config importable without building models
+
+    if not p.models:
+        raise UserError("models: empty; name at least one model (python -m export list shows them)")
+    for i, m in enumerate(p.models):
+        where = f"models[{i}]"
+        if m.name not in MODELS:
+            raise UserError(f"{where}.name: unknown model {m.name!r}; known: {' '.join(sorted(MODELS))}")
+        for key in ("size", "min", "max"):
+            hw = getattr(m.input, key)
+            if hw is not None and (len(hw) != 2 or min(hw) <= 0):
+                raise UserError(f"{where}.input.{key}: expected [height, width] of positive integers, got {hw}")
+            divisor = MODELS[m.name].size_divisor
+            if hw is not None and (hw[0] % divisor or hw[1] % divisor):
+                raise UserError(f"{where}.input.{key}: {hw} is not a multiple of {divisor}, which {m.name} needs")
+        lo, opt, hi = m.input.min or m.input.size, m.input.size, m.input.max or m.input.size
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise UserError(f"{where}.input: need min <= size <= max in each dimension, got {lo}, {opt}, {hi}")
+        if len(m.mean) != 3 or len(m.std) != 3 or min(m.std) <= 0:
+            raise UserError(f"{where}: mean and std need 3 values (RGB) and std > 0")
+        if m.classes is not None and len(m.classes) != m.num_classes:
+            raise UserError(f"{where}.classes: {len(m.classes)} names for num_classes {m.num_classes}")
+        if m.palette is not None and (len(m.palette) != m.num_classes or any(len(c) != 3 for c in m.palette)):
+            raise UserError(f"{where}.palette: need {m.num_classes} [R, G, B] colours")
+        if len(set(m.precisions)) != len(m.precisions):
+            raise UserError(f"{where}.precisions: {m.precisions} repeats a precision")
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate ``path``; every problem is a UserError naming the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; pass --config with the path of your pipeline.yaml") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot be read as YAML ({str(exc).splitlines()[0]})") from None
+    pipeline = _build(Pipeline, data, "")
+    pipeline.base_dir = path.resolve().parent
+    _validate(pipeline)
+    return pipeline
+
+
+def class_names(m: ModelConfig) -> list[str]:
+    if m.classes is not None:
+        return list(m.classes)
+    if m.num_classes == len(CITYSCAPES_CLASSES):
+        return list(CITYSCAPES_CLASSES)
+    return [f"class_{i}" for i in range(m.num_classes)]
+
+
+def palette(m: ModelConfig) -> list[list[int]]:
+    if m.palette is not None:
+        return [list(c) for c in m.palette]
+    if m.num_classes == len(CITYSCAPES_PALETTE) and m.classes is None:
+        return [list(c) for c in CITYSCAPES_PALETTE]
+    rng = np.random.default_rng(m.num_classes)  # deterministic colours for a user-defined class list
+    return rng.integers(0, 256, size=(m.num_classes, 3)).tolist()

@@ -1,0 +1,43 @@
+"""How close an engine's logits are to PyTorch's: shared by the build's parity gate and ``export check``."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion matrix, rows = reference class, columns = predicted class."""
+    idx = ref.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def mean_iou(conf: np.ndarray) -> float:
+    """mIoU over the classes present in either the reference or the prediction."""
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else 1.0
+
+
+def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:
+    """Max abs and relative L2 logit error, pixel agreement and mIoU of argmax maps (engine vs PyTorch)."""
+    num_classes = references[0].shape[1]
+    max_abs, num, den, agree, pixels = 0.0, 0.0, 0.0, 0, 0
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for out, ref in zip(outputs, references):
+        out, ref = out.astype(np.float64), ref.astype(np.float64)
+        if not np.isfinite(out).all():
+            max_abs = float("inf")
+        else:
+            max_abs = max(max_abs, float(np.abs(out - ref).max()))
+        num += float(((out - ref) ** 2).sum())
+        den += float((ref**2).sum())
+        p, r = out.argmax(1), ref.argmax(1)
+        agree += int((p == r).sum())
+        pixels += p.size
+        conf += confusion(p, r, num_classes)
+    return {
+        "max_abs_error": max_abs,
+        "rel_l2_error": float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num)),
+        "pixel_agreement": agree / pixels,
+        "miou_vs_pytorch": mean_iou(conf),
+    }

@@ -1,0 +1,108 @@
+"""Stage 4: precision, written into the graph so that a strongly typed TensorRT network and ONNX Runtime
+compute the same thing.
+
+- fp32: the graph as rewritten.
+- fp16: ONNX Runtime's float16 converter casts the graph to FP16 and keeps the overflow-prone ops
+  (LayerNormalization, Softmax, reductions, exponentials) in FP32 behind Cast nodes; inputs and outputs
+  stay FP32.
+- int8: explicit QuantizeLinear/DequantizeLinear pairs from ONNX Runtime's static quantizer, calibrated on
+  real images. The placement depends on the target: TensorRT wants symmetric INT8 (zero point 0),
+  per-channel weights and Q/DQ only on the inputs of Conv/ConvTranspose/MatMul/Gemm, the layers it fuses;
+  the CPU wants ONNX Runtime's own placement (uint8 activations on every op it has an integer kernel for),
+  which runs faster there.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from .errors import UserError
+from .rewrites import keep_float_nodes
+
+# Ops whose FP16 evaluation overflows or loses too much: LayerNorm after attention (TensorRT #2781, #3692),
+# large-magnitude Softmax inputs (TensorRT #3999), and reductions / powers whose intermediates exceed 65504.
+FP16_KEEP_FP32 = [
+    "LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
+    "Pow", "Exp", "Sqrt", "Reciprocal",
+]
+TENSORRT_QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
+    out = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32,
+                                   node_block_list=keep_float_nodes(model))
+    _drop_repeated_casts(out)
+    return out
+
+
+def _drop_repeated_casts(model: onnx.ModelProto) -> None:
+    """The converter inserts one Cast per consumer of an initializer it keeps in FP32, all with the same
+    name and output; an initializer shared by several kept-FP32 nodes (the exporter merges identical
+    constants, e.g. LayerNorm's initial ones) thus gets identical duplicate Casts, which ONNX Runtime
+    rejects. Keep the first of each."""
+    seen: set[tuple] = set()
+    keep = []
+    for node in model.graph.node:
+        signature = (node.op_type, node.name, tuple(node.input), tuple(node.output))
+        if node.op_type == "Cast" and signature in seen:
+            continue
+        seen.add(signature)
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self):
+        x = next(self.batches, None)
+        return None if x is None else {"images": x}
+
+    def rewind(self):  # part of the protocol; one pass is all the calibrators here need
+        pass
+
+
+def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str = "minmax") -> onnx.ModelProto:
+    """Insert Q/DQ calibrated on ``calibration`` (preprocessed (1,3,H,W) batches). ``target`` picks the
+    placement: 'tensorrt' or 'onnxruntime'."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration:
+        raise UserError("INT8 needs calibration images: set calibration.images in pipeline.yaml to a folder of "
+                        "real images (random data is not calibration)")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if target == "tensorrt":
+        settings = dict(
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=TENSORRT_QUANTIZED_OPS,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                           "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+        )
+    else:
+        settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
+    with tempfile.TemporaryDirectory() as tmp:
+        src, prep, out = (Path(tmp) / n for n in ("in.onnx", "prep.onnx", "int8.onnx"))
+        onnx.save(model, str(src))
+        # Shape inference and ONNX Runtime's basic fusions (Conv+BN etc.) first, as its docs recommend.
+        quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+        # The calibrator computes ranges for every tensor, including the -inf mask constants of lowered
+        # attention that are excluded from quantization; numpy's warnings about those are noise.
+        with np.errstate(all="ignore"):
+            quantize_static(str(prep), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                            calibrate_method=methods[method], nodes_to_exclude=keep_float_nodes(model), **settings)
+        return onnx.load(str(out))

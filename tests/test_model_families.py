@@ -1,0 +1,73 @@
+"""Family-specific checks; forward shape, export and ONNX Runtime parity of every model are in the conformance test."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from models import count_parameters, create_model
+
+# SegFormer paper, Table 1: encoder + decoder parameters (millions) on ADE20K (150 classes).
+SEGFORMER_PAPER_PARAMS_M = {
+    "segformer_b0": 3.8,
+    "segformer_b1": 13.7,
+    "segformer_b2": 27.5,
+    "segformer_b3": 47.3,
+    "segformer_b4": 64.1,
+    "segformer_b5": 84.7,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEGFORMER_PAPER_PARAMS_M))
+def test_segformer_parameter_count_matches_paper(name: str) -> None:
+    with torch.device("meta"):  # shapes only: no memory or time spent on weights
+        model = create_model(name, num_classes=150)
+    measured = count_parameters(model) / 1e6
+    paper = SEGFORMER_PAPER_PARAMS_M[name]
+    assert abs(measured - paper) / paper < 0.02, f"{name}: {measured:.2f}M parameters, paper says {paper}M"
+
+
+def test_segformer_layernorm_exports_as_native_node(tmp_path) -> None:
+    # TensorRT builds one normalization layer from a LayerNormalization node; a LayerNorm decomposed into
+    # ReduceMean/Sub/Pow/... runs slower and can overflow in FP16 (TensorRT warns so and asks for opset >= 17).
+    model = create_model("segformer_b0", num_classes=19).eval()
+    path = tmp_path / "segformer_b0.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=True, opset_version=18)
+    op_types = [node.op_type for node in onnx.load(str(path)).graph.node]
+    num_layernorms = sum(isinstance(m, nn.LayerNorm) for m in model.modules())
+    assert op_types.count("LayerNormalization") == num_layernorms
+    assert "ReduceMean" not in op_types
+
+
+def test_segformer_drop_path_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", num_classes=4, drop_path_rate=0.5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))
+
+
+def test_bisenetv2_aux_heads_only_on_request() -> None:
+    model = create_model("bisenetv2", num_classes=5).train()
+    x = torch.randn(2, 3, 64, 96)  # batch 2: the context block's BN sees a 1x1 map and needs > 1 value to train
+
+    logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5, 64, 96)
+
+    logits, aux = model(x, return_aux=True)
+    assert logits.shape == (2, 5, 64, 96)
+    assert len(aux) == 4  # booster heads on the stem, S3, S4 and S5
+    assert all(a.shape == (2, 5, 64, 96) for a in aux)
+
+
+def test_bisenetv2_parameter_count_excludes_aux_heads() -> None:
+    model = create_model("bisenetv2", num_classes=19)
+    total = sum(p.numel() for p in model.parameters())
+    aux = sum(p.numel() for p in model.aux_heads.parameters())
+    assert aux > 0
+    assert count_parameters(model) == total - aux
+    assert count_parameters(model) == sum(p.numel() for m in (model.backbone, model.head) for p in m.parameters())

@@ -1,0 +1,226 @@
+"""TensorRT backend.
+
+Tests marked ``tensorrt`` need TensorRT and an NVIDIA GPU and skip elsewhere with the reason; they never
+pass by pretending. The rest run everywhere: availability checks, lazy imports and option validation.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engines.base import EngineError
+from engines.tensorrt import TensorRTOptions, TensorRTRunner, build_engine, device_info, unavailable_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+REASON = unavailable_reason()
+
+
+def needs_tensorrt(test):
+    """Mark ``test`` as needing TensorRT and a GPU (``-m tensorrt``); skip it with the reason where they are absent."""
+    test = pytest.mark.tensorrt(test)
+    return pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT and an NVIDIA GPU: {REASON}")(test)
+
+
+PROFILE = TensorRTOptions(min_shape=(1, 3, 16, 16), opt_shape=(1, 3, 32, 32), max_shape=(2, 3, 64, 64),
+                          workspace_mib=256)
+
+
+def conv_relu_onnx(path: Path) -> Path:
+    """A tiny graph with the project's contract: input ``images`` (N, 3, H, W) with dynamic N/H/W, output
+    ``logits``; Conv 3x3 (4 classes) + Relu."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "weight", "bias"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["logits"])],
+        "conv_relu",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(bias, "bias")])
+    # IR 8 / opset 17: old enough for TensorRT 10.3's parser.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def reference(onnx_path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": images})[0]
+
+
+# ---------------------------------------------------------------------------------------------- run everywhere
+
+def test_unavailable_reason_is_a_string_when_tensorrt_is_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail, as on a CPU machine
+    unavailable_reason.cache_clear()
+    try:
+        reason = unavailable_reason()
+    finally:
+        unavailable_reason.cache_clear()
+    assert isinstance(reason, str) and "TensorRT is not installed" in reason and "\n" not in reason
+
+
+def test_unavailable_reason_is_cached_and_never_raises():
+    first = unavailable_reason()
+    assert first is None or (isinstance(first, str) and first)
+    assert unavailable_reason() is first
+
+
+def test_importing_the_backend_imports_neither_tensorrt_nor_pycuda():
+    # A fresh interpreter: in this one another test may already have imported them.
+    code = ("import sys, engines.tensorrt; "
+            "print(sorted(m for m in ('tensorrt', 'pycuda', 'pycuda.driver') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(REASON is None, reason="TensorRT is available here; this checks the error where it is not")
+def test_build_and_runner_say_why_without_tensorrt(tmp_path):
+    with pytest.raises(EngineError, match="cannot run here"):
+        build_engine(conv_relu_onnx(tmp_path / "model.onnx"), PROFILE)
+    with pytest.raises(EngineError, match="cannot run here"):
+        device_info()
+    runner = TensorRTRunner(tmp_path / "model.plan")  # constructing touches nothing
+    with pytest.raises(EngineError, match="cannot run here"):
+        runner.activate()
+    assert not runner.is_active
+
+
+def test_options_accept_a_valid_profile_and_normalize_it():
+    options = TensorRTOptions(min_shape=[1, 3, 256, 256], opt_shape=(1, 3, 512, 512), max_shape=(4, 3, 1024, 1024),
+                              timing_cache="cache/timing.bin", builder_optimization_level=5,
+                              hardware_compatibility="ampere_plus", dla_core=0)
+    assert options.min_shape == (1, 3, 256, 256)
+    assert options.timing_cache == Path("cache/timing.bin")
+    fixed = TensorRTOptions.fixed((1, 3, 512, 1024), version_compatible=True)
+    assert fixed.min_shape == fixed.opt_shape == fixed.max_shape == (1, 3, 512, 1024)
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((1, 3, 64, 64), (1, 3, 32, 64), (1, 3, 128, 128)), r"dimension 2 .* min=64, opt=32, max=128"),
+    (((1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 32, 64)), r"dimension 2 .* min=64, opt=64, max=32"),
+    (((2, 3, 64, 64), (1, 3, 64, 64), (2, 3, 64, 64)), r"dimension 0 .* min=2, opt=1, max=2"),
+    (((1, 3, 64), (1, 3, 64, 64), (1, 3, 64, 64)), r"min_shape=\(1, 3, 64\): expected 4 positive integers"),
+    (((1, 3, 0, 64), (1, 3, 64, 64), (1, 3, 64, 64)), r"min_shape=.*expected 4 positive integers"),
+    (((1, 3, 64, 64), (1, 3, 64.0, 64), (1, 3, 64, 64)), r"opt_shape=.*expected 4 positive integers"),
+])
+def test_options_reject_bad_profiles(shapes, message):
+    with pytest.raises(ValueError, match=message):
+        TensorRTOptions(*shapes)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("workspace_mib", 0, "workspace_mib=0: expected a positive number"),
+    ("dla_core", -1, "dla_core=-1"),
+    ("hardware_compatibility", "turing_plus", "known: None, 'ampere_plus'"),
+    ("builder_optimization_level", 6, r"builder_optimization_level=6: expected None .* or 0..5"),
+])
+def test_options_reject_bad_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TensorRTOptions.fixed((1, 3, 64, 64), **{field: value})
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT + GPU
+
+@pytest.fixture(scope="module")
+def conv_relu(tmp_path_factory):
+    """The tiny graph built once into an engine with a dynamic profile: (onnx path, plan path, options with
+    the timing cache file the build wrote)."""
+    folder = tmp_path_factory.mktemp("tensorrt")
+    onnx_path = conv_relu_onnx(folder / "model.onnx")
+    cache = folder / "timing.cache"
+    options = TensorRTOptions(PROFILE.min_shape, PROFILE.opt_shape, PROFILE.max_shape,
+                              workspace_mib=PROFILE.workspace_mib, timing_cache=cache)
+    plan_path = folder / "model.plan"
+    plan_path.write_bytes(build_engine(onnx_path, options))
+    return onnx_path, plan_path, options
+
+
+@needs_tensorrt
+def test_engine_matches_onnxruntime_across_the_profile(conv_relu):
+    onnx_path, plan_path, _ = conv_relu
+    rng = np.random.default_rng(1)
+    # Small first, then the profile's maximum: the runner must grow its buffers, then shrink its views again.
+    shapes = [(1, 3, 16, 24), (2, 3, 64, 64), (1, 3, 32, 32)]
+    with TensorRTRunner(plan_path) as runner:
+        for shape in shapes:
+            images = rng.standard_normal(shape).astype(np.float32)
+            logits = runner.infer({"images": images})["logits"]
+            assert logits.shape == (shape[0], 4, shape[2], shape[3])
+            # TF32 (on by default for FP32 convolutions on Ampere and newer) allows ~1e-3 relative error.
+            np.testing.assert_allclose(logits, reference(onnx_path, images), rtol=1e-2, atol=1e-2)
+    assert not runner.is_active
+
+
+@needs_tensorrt
+def test_runner_rejects_shapes_outside_the_profile_and_wrong_dtypes(conv_relu):
+    _, plan_path, _ = conv_relu
+    with TensorRTRunner(plan_path) as runner:
+        with pytest.raises(EngineError, match="outside the engine's profile"):
+            runner.infer({"images": np.zeros((1, 3, 128, 128), np.float32)})
+        with pytest.raises(EngineError, match="the engine takes float32"):
+            runner.infer({"images": np.zeros((1, 3, 32, 32), np.float64)})
+        with pytest.raises(EngineError, match="got inputs"):
+            runner.infer({"image": np.zeros((1, 3, 32, 32), np.float32)})
+
+
+@needs_tensorrt
+def test_timing_cache_is_written_and_reused(conv_relu, tmp_path):
+    onnx_path, _, options = conv_relu
+    cache = options.timing_cache
+    assert cache.is_file() and cache.stat().st_size > 0, "the first build must write the timing cache"
+    plan = build_engine(onnx_path, options)  # loads the cache, builds, saves it back
+    assert plan and cache.is_file() and cache.stat().st_size > 0
+    (tmp_path / "again.plan").write_bytes(plan)
+    images = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with TensorRTRunner(tmp_path / "again.plan") as runner:
+        np.testing.assert_allclose(runner.infer({"images": images})["logits"], reference(onnx_path, images),
+                                   rtol=1e-2, atol=1e-2)
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupted_plan_raises_engine_error(conv_relu, tmp_path, damage):
+    _, plan_path, _ = conv_relu
+    plan = plan_path.read_bytes()
+    bad = tmp_path / "bad.plan"
+    bad.write_bytes(b"not a TensorRT plan " * 64 if damage == "garbage" else plan[: len(plan) // 2])
+    runner = TensorRTRunner(bad)
+    with pytest.raises(EngineError, match="python -m export build --force"):
+        runner.activate()
+    assert not runner.is_active
+    with TensorRTRunner(plan_path) as good:  # a failed activation leaves no CUDA context behind
+        good.infer({"images": np.zeros((1, 3, 16, 16), np.float32)})
+
+
+@needs_tensorrt
+def test_options_that_contradict_the_graph_or_device_raise_engine_error(conv_relu, tmp_path):
+    import tensorrt as trt
+
+    onnx_path, _, _ = conv_relu
+    with pytest.raises(EngineError, match="not found"):
+        build_engine(tmp_path / "missing.onnx", PROFILE)
+    if trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores == 0:
+        with pytest.raises(EngineError, match="no DLA"):
+            build_engine(onnx_path, TensorRTOptions.fixed((1, 3, 32, 32), dla_core=0))
+
+
+@needs_tensorrt
+def test_device_info_describes_the_gpu():
+    info = device_info()
+    assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability"}
+    major, minor = info["compute_capability"].split(".")
+    assert major.isdigit() and minor.isdigit() and info["gpu_name"]
