@@ -97,7 +97,8 @@ def tensorrt_table(trt_version: str) -> TensorRTTable:
 
 
 def check_tensorrt_compat(model: onnx.ModelProto, trt_version: str = "10.3") -> list[Violation]:
-    """Every node of ``model`` (subgraphs included) that TensorRT ``trt_version`` would not take."""
+    """Every node of ``model`` (subgraph and local-function bodies included) that TensorRT
+    ``trt_version`` would not take, or whose restriction cannot be verified statically."""
     table = tensorrt_table(trt_version)
     model = _with_inferred_shapes(model)
     context = _Context.of(model, table)
@@ -152,13 +153,13 @@ class _Scope:
     @classmethod
     def of(cls, graph: onnx.GraphProto | onnx.FunctionProto, outer: _Scope | None = None) -> _Scope:
         """The scope of a graph, a subgraph (sees ``outer``) or a function body (sees only itself)."""
-        initializers = {t.name: t for t in getattr(graph, "initializer", [])}
+        initializers = {} if isinstance(graph, onnx.FunctionProto) else {t.name: t for t in graph.initializer}
         constants = {n.output[0]: n for n in graph.node
                      if n.op_type == "Constant" and n.domain in _DEFAULT_DOMAINS and n.output}
         # onnx-tensorrt looks through Identity to the weights behind it.
         identities = {n.output[0]: n.input[0] for n in graph.node
                       if n.op_type == "Identity" and n.domain in _DEFAULT_DOMAINS and n.input and n.output}
-        ranks = {t.name: len(t.dims) for t in graph.initializer}
+        ranks = {name: len(t.dims) for name, t in initializers.items()}
         infos = [*graph.value_info] if isinstance(graph, onnx.FunctionProto) else [
             *graph.input, *graph.output, *graph.value_info]
         for info in infos:

@@ -99,7 +99,7 @@ class OnnxRuntimeConfig:
 
 @dataclass
 class TensorRTConfig:
-    check_versions: list[str] = field(default_factory=lambda: ["10.3", "latest"])
+    check_versions: list[str] = field(default_factory=lambda: ["10.3", "11.1"])
     workspace_mib: int = 2048
     dla_core: Optional[int] = None
     version_compatible: bool = False

@@ -189,6 +189,21 @@ def test_nodes_inside_if_branches_are_checked():
     assert violation.node == "branch/then_branch/unpool" and violation.op_type == "MaxUnpool"
 
 
+def test_local_functions_are_checked_through_their_bodies():
+    def model_calling(body_op):
+        fn = helper.make_function("seg", "Block", ["a"], ["b"],
+                                  [helper.make_node(body_op, ["a"], ["b"], "inner", kernel_shape=[2, 2])],
+                                  [helper.make_opsetid("", 18)])
+        node = helper.make_node("Block", ["x"], ["y"], "block", domain="seg")
+        model = _model([node], [_vi("x", [1, 1, 4, 4])], [_vi("y", None)], extra_domains=["seg"])
+        model.functions.append(fn)
+        return model
+
+    assert check_tensorrt_compat(model_calling("MaxPool"), OLDEST) == []
+    (violation,) = check_tensorrt_compat(model_calling("MaxUnpool"), OLDEST)
+    assert violation.node == "block/Block/inner" and violation.op_type == "MaxUnpool"
+
+
 def _clean_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     weights_q = rng.integers(-127, 128, size=(4, 3, 3, 3), dtype=np.int8)
