@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 build: $(STAMP)
-	$(PY) -m export build --config pipeline.yaml --backends onnxruntime
+	$(PY) -m export build --config pipeline.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

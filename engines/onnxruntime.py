@@ -3,8 +3,10 @@
 "Compiling" for ONNX Runtime means running its graph optimizer once, offline, and saving the optimized
 graph, so devices load a graph that needs no further rewriting. Only the portable optimization levels are
 used offline: 'extended' output is still plain ONNX plus ONNX Runtime's contrib ops, while 'all' adds
-layout transforms tied to the CPU that ran them (ONNX Runtime docs, "Graph optimizations": offline mode
-should use basic or extended). The session settings that load it are stored in the manifest.
+layout transforms (NCHWc) tied to the CPU that runs them (ONNX Runtime docs, "Graph optimizations":
+offline mode should use basic or extended). So 'all' is applied when the engine is loaded, on the device
+itself: measured here it takes BiSeNetV2 fp32 from 46.6 to 32.0 ms. The session settings that load an
+engine are stored in its manifest.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from .manifest import read_manifest, verify_engine_file
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 VERSION = ort.__version__
 
 
-def session_options(threads: int = 0, optimization_level: str = "extended") -> ort.SessionOptions:
+def session_options(threads: int = 0, optimization_level: str = "all") -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[optimization_level]
     options.intra_op_num_threads = threads
@@ -61,7 +64,7 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model: Path | bytes, threads: int = 0, optimization_level: str = "extended") -> None:
+    def __init__(self, model: Path | bytes, threads: int = 0, optimization_level: str = "all") -> None:
         super().__init__()
         self.model, self.threads, self.optimization_level = model, threads, optimization_level
         self.session: ort.InferenceSession | None = None
@@ -76,7 +79,7 @@ class OnnxRuntimeRunner(Runner):
         check_manifest(manifest, engine_path)
         settings = manifest.get("session", {})
         return cls(Path(engine_path), settings.get("threads", 0) if threads is None else threads,
-                   settings.get("optimization_level", "extended"))
+                   settings.get("load_optimization_level", "all"))
 
     def activate_impl(self) -> None:
         model = str(self.model) if isinstance(self.model, Path) else self.model

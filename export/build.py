@@ -105,7 +105,7 @@ def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int) -> list[np.n
     if folder is not None:
         images = [read_rgb(p) for p in list_images(folder, "check.images", count)]
     else:
-        images = [synthetic_scene(1000 + i, size) for i in range(count)]
+        images = [synthetic_scene(1000 + i) for i in range(count)]  # resized below, like camera frames
     return [preprocess(img, size, cfg.mean, cfg.std) for img in images]
 
 
@@ -235,7 +235,8 @@ class ModelBuild:
         graph_bytes = graph.SerializeToString()
         if backend == "onnxruntime":
             data = ort_engine.build_engine(graph_bytes, self.pipeline.onnxruntime.optimization_level)
-            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, self.pipeline.onnxruntime.threads))
+            ort_cfg = self.pipeline.onnxruntime
+            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, ort_cfg.threads, ort_cfg.load_optimization_level))
             device = {"device": "cpu", "processor": platform.processor() or platform.machine()}
         elif compiled:
             data, parity, device = self.build_tensorrt(precision)
@@ -327,7 +328,6 @@ def build(pipeline: Pipeline, options: BuildOptions) -> list[dict]:
     known = [m.name for m in pipeline.models]
     for name in options.models or []:
         if name not in known:
-            get_spec(name) if name not in __import__("models").MODELS else None
             raise UserError(f"--models: {name!r} is not in the pipeline; it has: {', '.join(known)}")
     backends = options.backends or list(pipeline.backends)
     trt_reason = tensorrt_reason() if "tensorrt" in backends else None

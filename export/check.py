@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engines.base import EngineError
-from engines.manifest import read_manifest
+from engines.manifest import read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 
 from .build import load_model, log, sample_inputs
@@ -39,15 +39,25 @@ def _latency(fn, inputs: list[np.ndarray], warmup: int, iterations: int) -> dict
 def _artifacts(out: Path, model: str) -> list[Path]:
     """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound graphs."""
     found = []
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
     for pattern in ("onnxruntime/*.engine.onnx", "tensorrt/*.plan", "tensorrt/*.onnx"):
-        found += [p for p in sorted((out / model).glob(pattern)) if Path(str(p) + ".manifest.json").exists()]
+        paths = [p for p in (out / model).glob(pattern) if Path(str(p) + ".manifest.json").exists()]
+        found += sorted(paths, key=lambda p: order.get(p.name.split(".")[0], 9))
     return found
 
 
 def _runner(path: Path, threads: int):
+    try:
+        return _open(path, threads)
+    except EngineError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _open(path: Path, threads: int):
     manifest = read_manifest(path)
     if manifest.get("kind") == "graph":
         # A TensorRT-bound graph: run by ONNX Runtime here, as the build measured it.
+        verify_engine_file(path, manifest)
         return manifest, OnnxRuntimeRunner(path, threads), "onnxruntime (TensorRT-bound graph)"
     if manifest["backend"] == "tensorrt":
         from engines import tensorrt as trt_engine
@@ -153,11 +163,3 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def ensure_engine_loads(path: Path) -> None:
-    """Raise the loader's error for a damaged or foreign engine (used by tests and the CLI's messages)."""
-    try:
-        OnnxRuntimeRunner.from_engine(path).activate().deactivate()
-    except EngineError as exc:
-        raise UserError(str(exc)) from None

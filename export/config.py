@@ -94,7 +94,8 @@ class Check:
 @dataclass
 class OnnxRuntimeConfig:
     threads: int = 0  # intra-op threads; 0: every core
-    optimization_level: Literal["basic", "extended"] = "extended"
+    optimization_level: Literal["basic", "extended"] = "extended"  # offline, saved in the engine (portable)
+    load_optimization_level: Literal["basic", "extended", "all"] = "all"  # at load, on the device
 
 
 @dataclass
@@ -146,7 +147,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _convert(value, non_none[0], path)
+        if value is None:
+            raise UserError(f"{path}: expected {_type_name(tp)}, got null")
+        try:
+            return _convert(value, non_none[0], path)
+        except UserError as exc:
+            if typing.get_origin(non_none[0]) in (list, Literal) or dataclasses.is_dataclass(non_none[0]):
+                raise
+            raise UserError(f"{path}: expected {_type_name(tp)}, got {value!r}") from exc
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -189,6 +197,11 @@ def _build(cls: type, data: Any, path: str) -> Any:
 def _validate(p: Pipeline) -> None:
     from models import MODELS  # late: keeps config importable without building models
 
+    from .compat import known_tensorrt_versions
+
+    for i, v in enumerate(p.tensorrt.check_versions):
+        if v not in known_tensorrt_versions():
+            raise UserError(f"tensorrt.check_versions[{i}]: {v!r} is not one of {', '.join(known_tensorrt_versions())}")
     if not p.models:
         raise UserError("models: empty; name at least one model (python -m export list shows them)")
     for i, m in enumerate(p.models):

@@ -60,12 +60,14 @@ def synthetic_scene(seed: int, size: tuple[int, int] = (256, 512)) -> np.ndarray
     img[horizon:] = np.array([105, 100, 110]) * rng.uniform(0.8, 1.1)  # road
     x = 0
     while x < w:  # buildings along the horizon
-        bw, bh = int(rng.integers(w // 12, w // 4)), int(rng.integers(horizon // 3, horizon))
+        bw = int(rng.integers(max(1, w // 12), max(2, w // 4)))
+        bh = int(rng.integers(max(1, horizon // 3), max(2, horizon)))
         img[horizon - bh:horizon, x:x + bw] = rng.integers(60, 200, 3)
         x += bw
     for _ in range(int(rng.integers(2, 6))):  # cars and people as blobs on the road
         cy, cx = int(rng.integers(horizon, h)), int(rng.integers(0, w))
-        cv2.ellipse(img, (cx, cy), (int(rng.integers(8, w // 8)), int(rng.integers(6, h // 8))), 0, 0, 360,
+        axes = (int(rng.integers(1, max(2, w // 8))), int(rng.integers(1, max(2, h // 8))))
+        cv2.ellipse(img, (cx, cy), axes, 0, 0, 360,
                     tuple(float(c) for c in rng.integers(0, 255, 3)), -1)
     cv2.line(img, (w // 2, h), (w // 2, horizon), (240, 240, 240), max(1, w // 100))  # lane marking
     img *= rng.uniform(0.7, 1.2)  # lighting

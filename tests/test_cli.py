@@ -1,0 +1,226 @@
+"""The CLI end to end on a tiny pipeline: build, cache, check, list, and every bad input as one clear line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from engines.base import EngineError
+from engines.manifest import atomic_write, manifest_path, read_manifest, sha256_file
+from engines.onnxruntime import OnnxRuntimeRunner
+from export.__main__ import main
+from helpers import ROOT, SAMPLES
+
+
+def tiny_pipeline(folder, **overrides) -> str:
+    data = {
+        "out_dir": "out",
+        "backends": ["onnxruntime"],
+        "calibration": {"images": str(SAMPLES), "max_images": 2},
+        "parity": {"num_inputs": 1, "int8": {"min_pixel_agreement": 0.5}},
+        "check": {"num_images": 1, "warmup": 1, "iterations": 2, "threads": 1},
+        "onnxruntime": {"threads": 1},
+        "models": [{"name": "bisenetv2", "num_classes": 4, "precisions": ["fp32", "int8"],
+                    "input": {"size": [64, 64], "min": [64, 64], "max": [128, 128]}}],
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One build shared by the tests that only read it (they copy it before damaging anything)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    config = tiny_pipeline(folder)
+    result = cli("build", "--config", config)
+    assert result.returncode == 0, result.stderr
+    return folder, config, result
+
+
+def engine(folder, precision="fp32"):
+    return folder / "out" / "bisenetv2" / "onnxruntime" / f"{precision}.engine.onnx"
+
+
+def test_build_writes_engines_with_manifests(built):
+    folder, _, result = built
+    assert "2 artifacts: 2 built, 0 up to date" in result.stdout
+    for precision in ("fp32", "int8"):
+        m = read_manifest(engine(folder, precision))
+        assert m["model"] == "bisenetv2" and m["precision"] == precision and m["backend"] == "onnxruntime"
+        assert m["classes"] == ["class_0", "class_1", "class_2", "class_3"] and len(m["palette"]) == 4
+        assert m["input"]["min"] == [64, 64] and m["input"]["max"] == [128, 128]
+        assert m["normalization"]["mean"] == [123.675, 116.28, 103.53]
+        assert set(m["hashes"]) >= {"inputs", "weights", "onnx", "config"}
+        assert m["engine"]["sha256"] == sha256_file(engine(folder, precision))
+        assert m["parity"]["passed"] and 0.5 <= m["parity"]["pixel_agreement"] <= 1
+    assert read_manifest(engine(folder))["parity"]["max_abs_error"] < 1e-3
+    for stage in ("export.onnx", "onnxruntime/rewritten.onnx", "onnxruntime/fp32.onnx", "onnxruntime/int8.onnx"):
+        assert (folder / "out" / "bisenetv2" / stage).exists(), stage
+    with OnnxRuntimeRunner.from_engine(engine(folder)) as runner:
+        out = runner.infer({"images": torch.randn(1, 3, 96, 128).numpy()})["logits"]
+    assert out.shape == (1, 4, 96, 128)  # dynamic H and W survive every stage
+
+
+def test_cache_hit_miss_and_force(built, tmp_path):
+    folder, config, _ = built
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    config = str(work / "pipeline.yaml")
+    before = engine(work).stat().st_mtime_ns
+    assert main(["build", "--config", config]) == 0
+    assert engine(work).stat().st_mtime_ns == before  # identical inputs: nothing rebuilt
+    data = yaml.safe_load(open(config))
+    data["models"][0]["seed"] = 1  # other weights: a miss
+    open(config, "w").write(yaml.safe_dump(data))
+    assert main(["build", "--config", config, "--precisions", "fp32"]) == 0
+    after = engine(work).stat().st_mtime_ns
+    assert after != before
+    assert main(["build", "--config", config, "--precisions", "fp32", "--force"]) == 0
+    assert engine(work).stat().st_mtime_ns != after
+
+
+def test_check_prints_table_and_writes_reports(built, tmp_path, capsys):
+    folder, config, _ = built
+    assert main(["check", "--config", config, "--json", str(tmp_path / "c.json"), "--report", str(tmp_path / "c.md")]) == 0
+    out = capsys.readouterr().out
+    assert "speedup" in out and "bisenetv2" in out
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "int8"]
+    assert rows[0]["pixel_agreement"] == 1.0 and rows[0]["miou_vs_pytorch"] == 1.0
+    assert all(r["engine"]["p50_ms"] > 0 and r["pytorch"]["p50_ms"] > 0 for r in rows)
+    assert "| bisenetv2 | fp32 |" in (tmp_path / "c.md").read_text()
+
+
+def test_list_shows_every_model_with_parameters(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("bisenetv2", "segformer_b0", "segformer_b5", "ccnet", "ccnet_r101"):
+        assert name in out
+    assert "3.75M" in out or "3.7" in out  # segformer_b0 with 19 classes
+
+
+def test_corrupt_engine_is_refused_with_one_line(built, tmp_path):
+    folder, _, _ = built
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    path = engine(work)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a crash of some other tool
+    with pytest.raises(EngineError, match="does not match its manifest"):
+        OnnxRuntimeRunner.from_engine(path)
+    result = cli("check", "--config", str(work / "pipeline.yaml"))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: engine") and "rebuild" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_engine_from_another_onnxruntime_is_refused(built, tmp_path):
+    folder, _, _ = built
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    m = read_manifest(engine(work))
+    m["backend_version"] = "1.0.0"
+    manifest_path(engine(work)).write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="built with ONNX Runtime 1.0.0.*rebuild"):
+        OnnxRuntimeRunner.from_engine(engine(work))
+
+
+def test_failed_parity_keeps_the_previous_engine(built, tmp_path):
+    folder, _, _ = built
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    good = sha256_file(engine(work))
+    config = tiny_pipeline(work, parity={"num_inputs": 1, "fp32": {"max_abs_error": 1e-15}})
+    assert main(["build", "--config", config, "--precisions", "fp32", "--force"]) == 1
+    assert sha256_file(engine(work)) == good
+    assert read_manifest(engine(work))["engine"]["sha256"] == good
+    assert main(["build", "--config", config, "--precisions", "fp32", "--force", "--no-verify"]) == 0
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "fp32.engine.onnx"
+    target.write_bytes(b"good engine")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        atomic_write(target, b"x" * 1000)
+    assert target.read_bytes() == b"good engine"
+    assert [p.name for p in tmp_path.iterdir()] == ["fp32.engine.onnx"]
+
+
+def _state_dict_file(path, model_name, num_classes):
+    from models import create_model
+
+    torch.save(create_model(model_name, num_classes=num_classes).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown_model", "--models: 'segformer_b9' is not in the pipeline; it has: bisenetv2"),
+    ("missing_weights", "do not exist; fix models[].weights"),
+    ("corrupt_weights", "cannot be read as a PyTorch state dict"),
+    ("mismatched_weights", "do not fit bisenetv2 with num_classes=4: missing keys:"),
+    ("wrong_classes", "shape mismatch: head.seg.2.weight"),
+    ("empty_calibration", "has no images"),
+    ("missing_calibration", "does not exist"),
+    ("unreadable_image", "cannot decode image"),
+    ("tensorrt", "--backends tensorrt: TensorRT engines cannot be built here:"),
+    ("bad_config", "models[0].precisions[0]: 'int4' is not one of fp32, fp16, int8"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, case, message):
+    model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["int8"], "input": {"size": [64, 64]}}
+    overrides, args = {}, []
+    if case == "unknown_model":
+        args = ["--models", "segformer_b9"]
+    elif case == "missing_weights":
+        model["weights"] = "nowhere.pt"
+    elif case == "corrupt_weights":
+        (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
+        model["weights"] = "w.pt"
+    elif case == "mismatched_weights":
+        model["weights"] = _state_dict_file(tmp_path / "w.pt", "segformer_b0", 4)
+    elif case == "wrong_classes":
+        model["weights"] = _state_dict_file(tmp_path / "w.pt", "bisenetv2", 19)
+    elif case == "empty_calibration":
+        (tmp_path / "empty").mkdir()
+        overrides["calibration"] = {"images": "empty"}
+    elif case == "missing_calibration":
+        overrides["calibration"] = {"images": "nowhere"}
+    elif case == "unreadable_image":
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "a.png").write_bytes(b"not a png")
+        overrides["calibration"] = {"images": "bad"}
+    elif case == "tensorrt":
+        args = ["--backends", "tensorrt"]
+    elif case == "bad_config":
+        model["precisions"] = ["int4"]
+    config = tiny_pipeline(tmp_path, models=[model], **overrides)
+    result = cli("build", "--config", config, *args)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "bisenetv2" / "onnxruntime" / "int8.engine.onnx").exists()
+
+
+def test_usage_errors_exit_2():
+    assert cli("build", "--precisions", "int4").returncode == 2
+    assert cli("frobnicate").returncode == 2

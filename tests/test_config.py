@@ -1,0 +1,54 @@
+"""pipeline.yaml: typed loading, and errors that name the path and the allowed values."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from export.config import load_pipeline
+from export.errors import UserError
+from helpers import ROOT
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+def test_default_pipeline_loads():
+    p = load_pipeline(ROOT / "pipeline.yaml")
+    assert [m.name for m in p.models] == ["bisenetv2", "segformer_b0", "ccnet"]
+    assert all(m.precisions == ["fp32", "fp16", "int8"] for m in p.models)
+    assert p.resolve(p.calibration.images) == ROOT / "samples"
+    assert p.tensorrt.check_versions == ["10.3", "11.1"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"models": [{"name": "bisenetv2"}, {"name": "ccnet", "precisions": ["int4"]}]},
+     "models[1].precisions[0]: 'int4' is not one of fp32, fp16, int8"),
+    ({"models": [{"name": "segformer_b9"}]}, "models[0].name: unknown model 'segformer_b9'; known: bisenetv2"),
+    ({"models": [{"name": "bisenetv2", "colour": 1}]}, "models[0].colour: unknown key; allowed: name, precisions"),
+    ({"models": [{"name": "bisenetv2", "num_classes": "many"}]}, "models[0].num_classes: expected an integer, got 'many'"),
+    ({"models": [{"name": "bisenetv2", "input": {"size": [100, 512]}}]}, "models[0].input.size: [100, 512] is not a multiple of 32"),
+    ({"models": [{"name": "bisenetv2", "input": {"size": [256, 512], "max": [128, 512]}}]}, "need min <= size <= max"),
+    ({"models": [{"name": "bisenetv2"}], "backends": ["openvino"]}, "backends[0]: 'openvino' is not one of onnxruntime, tensorrt"),
+    ({"models": [{"name": "bisenetv2"}], "calibration": {"method": "kl"}}, "calibration.method: 'kl' is not one of minmax"),
+    ({"models": [{"name": "bisenetv2"}], "tensorrt": {"dla_core": "zero"}}, "tensorrt.dla_core: expected an integer or null"),
+    ({"models": [{"name": "bisenetv2"}], "tensorrt": {"check_versions": ["9.0"]}}, "tensorrt.check_versions[0]: '9.0' is not one of 10.3"),
+    ({"models": [{"name": "bisenetv2"}], "parity": {"fp16": {"max_abs_error": "small"}}}, "parity.fp16.max_abs_error: expected a number or null"),
+    ({"out_dir": "build"}, "models: missing"),
+    ({"models": []}, "models: empty"),
+    ([1, 2], "pipeline: expected a mapping"),
+])
+def test_bad_values_name_their_path(tmp_path, data, message):
+    with pytest.raises(UserError) as info:
+        load_pipeline(write(tmp_path, data))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="no such file; pass --config"):
+        load_pipeline(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="cannot be read as YAML"):
+        load_pipeline(write(tmp_path, "models: [\n"))
