@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .base import EngineError, Runner
-from .manifest import atomic_write
+from .manifest import atomic_write, read_manifest, verify_engine_file
 
 INPUT_NAME = "images"
 HARDWARE_COMPATIBILITY = {"ampere_plus": "AMPERE_PLUS"}  # our name -> trt.HardwareCompatibilityLevel member
@@ -79,6 +79,35 @@ def device_info() -> dict[str, str]:
     major, minor = device.compute_capability()
     return {"tensorrt_version": trt.__version__, "gpu_name": device.name(),
             "compute_capability": f"{major}.{minor}"}
+
+
+def check_manifest(manifest: Mapping[str, Any], path: Path, device: Mapping[str, str]) -> None:
+    """Refuse a plan built for another TensorRT version or GPU, before TensorRT fails on it less clearly.
+
+    A plan is tied to both (TensorRT #2195, #2072: "Version tag does not match") unless it was built
+    version-compatible (loads on later TensorRT versions of the same major) or hardware-compatible
+    (``ampere_plus``: any GPU of compute capability 8.0 or newer).
+    """
+    rebuild = f"rebuild it on this machine with python -m export build --force --models {manifest.get('model', '?')}"
+    options = manifest.get("tensorrt") or {}
+    built_version = str(manifest.get("backend_version"))
+    here_version = device["tensorrt_version"]
+    if options.get("version_compatible"):
+        if _major_minor(here_version)[0] != _major_minor(built_version)[0] or \
+                _major_minor(here_version) < _major_minor(built_version):
+            raise EngineError(f"engine {path} was built version-compatible with TensorRT {built_version}, which does "
+                              f"not extend to TensorRT {here_version}; {rebuild}")
+    elif built_version != here_version:
+        raise EngineError(f"engine {path} was built with TensorRT {built_version}, this machine has {here_version}; {rebuild}")
+    built = manifest.get("device") or {}
+    if options.get("hardware_compatibility") == "ampere_plus":
+        if _major_minor(device["compute_capability"]) < (8, 0):
+            raise EngineError(f"engine {path} was built for Ampere or newer GPUs, this {device['gpu_name']} has "
+                              f"compute capability {device['compute_capability']}; {rebuild}")
+    elif (built.get("gpu_name"), built.get("compute_capability")) != (device["gpu_name"], device["compute_capability"]):
+        raise EngineError(f"engine {path} was built for {built.get('gpu_name')} (compute capability "
+                          f"{built.get('compute_capability')}), this GPU is {device['gpu_name']} "
+                          f"({device['compute_capability']}); {rebuild}")
 
 
 # ---------------------------------------------------------------------------------------------- build options
@@ -303,6 +332,19 @@ class TensorRTRunner(Runner):
         self._inputs: dict[str, np.dtype] = {}
         self._outputs: dict[str, np.dtype] = {}
         self._buffers: dict[str, _Buffer] = {}
+
+    @classmethod
+    def from_engine(cls, plan_path: str | os.PathLike) -> "TensorRTRunner":
+        """Load a built plan after checking its manifest: file hash, TensorRT version and GPU."""
+        path = Path(plan_path)
+        manifest = read_manifest(path)
+        if manifest.get("backend") != "tensorrt" or manifest.get("kind") != "engine":
+            raise EngineError(f"{path} is not a TensorRT engine (manifest says {manifest.get('backend')} "
+                              f"{manifest.get('kind')})")
+        verify_engine_file(path, manifest)
+        check_manifest(manifest, path, device_info())
+        options = manifest.get("tensorrt") or {}
+        return cls(path, version_compatible=bool(options.get("version_compatible")), dla_core=options.get("dla_core"))
 
     def activate_impl(self) -> None:
         _require_tensorrt()

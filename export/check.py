@@ -65,7 +65,7 @@ def _open(path: Path, threads: int):
         reason = trt_engine.unavailable_reason()
         if reason:
             return manifest, None, reason
-        return manifest, trt_engine.TensorRTRunner(path), "tensorrt"
+        return manifest, trt_engine.TensorRTRunner.from_engine(path), "tensorrt"
     return manifest, OnnxRuntimeRunner.from_engine(path, threads), "onnxruntime"
 
 

@@ -224,3 +224,39 @@ def test_device_info_describes_the_gpu():
     assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability"}
     major, minor = info["compute_capability"].split(".")
     assert major.isdigit() and minor.isdigit() and info["gpu_name"]
+
+
+# Manifest checks run everywhere: they compare what a plan was built for with what this machine has.
+ORIN = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+
+
+def plan_manifest(**tensorrt_options):
+    return {"model": "bisenetv2", "backend": "tensorrt", "backend_version": "10.3.0",
+            "device": {"gpu_name": "Orin", "compute_capability": "8.7"},
+            "tensorrt": {"version_compatible": False, "hardware_compatibility": None, **tensorrt_options}}
+
+
+@pytest.mark.parametrize("options, device, message", [
+    ({}, {**ORIN, "tensorrt_version": "10.13.0"}, "built with TensorRT 10.3.0, this machine has 10.13.0"),
+    ({}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}, "built for Orin (compute capability 8.7)"),
+    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "11.1.0"}, "does not extend to TensorRT 11.1.0"),
+    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
+     "built for Ampere or newer GPUs"),
+])
+def test_plan_built_for_another_machine_is_refused(options, device, message):
+    from engines.tensorrt import check_manifest
+
+    with pytest.raises(EngineError, match="rebuild it on this machine") as info:
+        check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("options, device", [
+    ({}, ORIN),
+    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "10.16.1"}),
+    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}),
+])
+def test_plan_for_this_machine_is_accepted(options, device):
+    from engines.tensorrt import check_manifest
+
+    check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
