@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,19 @@ def write_manifest(engine_path: Path, manifest: dict) -> Path:
     path = manifest_path(engine_path)
     atomic_write(path, json.dumps({"schema": SCHEMA_VERSION, **manifest}, indent=2, default=str).encode())
     return path
+
+
+def write_engine(engine_path: Path, data: bytes, manifest: dict) -> None:
+    """Replace an engine and its manifest as a pair. Each file is written atomically, and Ctrl-C / SIGTERM
+    are held back between the two renames, so an interrupt never leaves a new engine beside an old manifest
+    (which would load as 'changed file')."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        atomic_write(engine_path, data)
+        write_manifest(engine_path, manifest)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def read_manifest(engine_path: Path) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 import engines.onnxruntime as ort_engine
 from engines.base import EngineError
-from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_manifest
+from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import create_model, get_spec
 
 from . import compat
@@ -246,9 +246,8 @@ class ModelBuild:
             parity["measured_with"] = f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
             device = {"device": "any NVIDIA GPU (compile on the target)"}
         self.gate(precision, backend, parity)
-        atomic_write(artifact, data)
-        write_manifest(artifact, self.manifest(backend, version, precision, artifact, graph_bytes, key, parity,
-                                               device, time.perf_counter() - start, compiled))
+        write_engine(artifact, data, self.manifest(backend, version, precision, artifact, data, graph_bytes, key,
+                                                   parity, device, time.perf_counter() - start, compiled))
         log(f"  {self.cfg.name} {precision} {backend}: built {artifact.name} in {time.perf_counter() - start:.1f}s, "
             f"max|err| {parity['max_abs_error']:.3g}, pixel agreement {parity['pixel_agreement']:.4f}")
         return {**row, "status": "built", "parity": parity}
@@ -299,7 +298,7 @@ class ModelBuild:
         if problems:
             log(f"  warning: {self.cfg.name} {precision} {backend}: parity failed ({'; '.join(problems)}), kept (--no-verify)")
 
-    def manifest(self, backend, version, precision, artifact, graph_bytes, key, parity, device, seconds, compiled):
+    def manifest(self, backend, version, precision, artifact, data, graph_bytes, key, parity, device, seconds, compiled):
         cfg, size = self.cfg, self.cfg.input
         return {
             "model": cfg.name, "family": self.spec.family, "variant": cfg.name, "precision": precision,
@@ -315,7 +314,7 @@ class ModelBuild:
             "tensorrt": asdict(self.pipeline.tensorrt) if backend == "tensorrt" else None,
             "hashes": {"inputs": key, "weights": self.weights_hash, "onnx": sha256_bytes(graph_bytes),
                        "config": sha256_json(asdict(cfg)), "code": self.code},
-            "engine": {"file": artifact.name, "sha256": sha256_bytes(artifact.read_bytes()), "bytes": artifact.stat().st_size},
+            "engine": {"file": artifact.name, "sha256": sha256_bytes(data), "bytes": len(data)},
             "build_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 2),
             "parity": parity,

@@ -224,3 +224,30 @@ def test_bad_input_is_one_clear_line(tmp_path, case, message):
 def test_usage_errors_exit_2():
     assert cli("build", "--precisions", "int4").returncode == 2
     assert cli("frobnicate").returncode == 2
+
+
+def test_interrupted_build_keeps_good_engines(built, tmp_path):
+    """Ctrl-C in the middle of a rebuild: one line, exit 1, the earlier engines still load, no temp files."""
+    import signal
+    import time
+
+    folder, _, _ = built
+    work = tmp_path / "copy"
+    shutil.copytree(folder, work)
+    before = {p: sha256_file(p) for p in (engine(work, "fp32"), engine(work, "int8"))}
+    proc = subprocess.Popen([sys.executable, "-m", "export", "build", "--config", str(work / "pipeline.yaml"), "--force"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until the export is done and engines are being built
+        if "exported to ONNX" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "error: interrupted" in rest and "Traceback" not in rest
+    for path in before:
+        manifest = read_manifest(path)
+        assert manifest["engine"]["sha256"] == sha256_file(path)  # old or new, but whole and matching
+        with OnnxRuntimeRunner.from_engine(path) as runner:
+            assert runner.infer({"images": torch.randn(1, 3, 64, 64).numpy()})["logits"].shape == (1, 4, 64, 64)
+    assert not list(work.rglob("*.tmp"))
