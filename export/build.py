@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import torch
@@ -35,7 +36,8 @@ from . import compat
 from .config import ModelConfig, Pipeline, class_names, palette
 from .errors import UserError
 from .images import list_images, preprocess, read_rgb, synthetic_scene
-from .metrics import compare
+from .frame_io import embed_frame_io
+from .metrics import compare, compare_classes
 from .onnx_export import OPSET, export_onnx
 from .precision import to_fp16, to_int8
 from .rewrites import apply_rewrites
@@ -98,15 +100,42 @@ def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, s
     return model.eval(), sha256_file(path)
 
 
-def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int) -> list[np.ndarray]:
-    """Inputs for parity and speed checks: the check folder's images if one is named, else generated scenes."""
-    size = tuple(cfg.input.size)
+@dataclass
+class Samples:
+    """Parity and speed inputs in both forms an engine may take, and PyTorch's logits for them."""
+
+    frames: list[np.ndarray]  # (1, H, W, 3) uint8 RGB at the model's input size
+    tensors: list[np.ndarray]  # (1, 3, H, W) float32, normalized
+    references: list[np.ndarray] | None = None
+
+    def feeds(self, embedded: bool) -> list[dict[str, np.ndarray]]:
+        return [{"frames": f} for f in self.frames] if embedded else [{"images": t} for t in self.tensors]
+
+
+def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch.nn.Module | None = None) -> Samples:
+    """Inputs for parity and speed checks: the check folder's images if one is named, else generated scenes.
+    With ``model``, also PyTorch's logits for them."""
+    h, w = cfg.input.size
     folder = pipeline.resolve(pipeline.check.images)
     if folder is not None:
         images = [read_rgb(p) for p in list_images(folder, "check.images", count)]
     else:
         images = [synthetic_scene(1000 + i) for i in range(count)]  # resized below, like camera frames
-    return [preprocess(img, size, cfg.mean, cfg.std) for img in images]
+    frames = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)[None] for img in images]
+    samples = Samples(frames, [preprocess(f[0], (h, w), cfg.mean, cfg.std) for f in frames])
+    if model is not None:
+        with torch.no_grad():
+            samples.references = [model(torch.from_numpy(x)).numpy() for x in samples.tensors]
+    return samples
+
+
+def engine_outputs(runner, feeds: list[dict[str, np.ndarray]], embedded: bool) -> list[np.ndarray]:
+    key = "classes" if embedded else "logits"
+    return [runner.infer(feed)[key] for feed in feeds]
+
+
+def agreement(outputs: list[np.ndarray], references: list[np.ndarray], embedded: bool) -> dict:
+    return compare_classes(outputs, references) if embedded else compare(outputs, references)
 
 
 def calibration_set(pipeline: Pipeline, cfg: ModelConfig) -> tuple[list[np.ndarray], str]:
@@ -133,8 +162,7 @@ class ModelBuild:
         self._exported: onnx.ModelProto | None = None
         self._rewritten: dict[str, onnx.ModelProto] = {}
         self._calibration: tuple[list[np.ndarray], str] | None = None
-        self._inputs: list[np.ndarray] | None = None
-        self._references: list[np.ndarray] | None = None
+        self._samples: Samples | None = None
 
     # Shared, lazily computed stages ---------------------------------------------------------------------
     def exported(self) -> onnx.ModelProto:
@@ -171,12 +199,10 @@ class ModelBuild:
             self._calibration = calibration_set(self.pipeline, self.cfg)
         return self._calibration
 
-    def parity_data(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        if self._inputs is None:
-            self._inputs = sample_inputs(self.pipeline, self.cfg, self.pipeline.parity.num_inputs)
-            with torch.no_grad():
-                self._references = [self.model(torch.from_numpy(x)).numpy() for x in self._inputs]
-        return self._inputs, self._references
+    def samples(self) -> Samples:
+        if self._samples is None:
+            self._samples = sample_inputs(self.pipeline, self.cfg, self.pipeline.parity.num_inputs, self.model)
+        return self._samples
 
     def precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
         graph = self.rewritten(target)
@@ -185,6 +211,8 @@ class ModelBuild:
         elif precision == "int8":
             batches, _ = self.calibration()
             graph = to_int8(graph, batches, target, self.pipeline.calibration.method)
+        if self.cfg.embed_pre_post:
+            graph = embed_frame_io(graph, self.cfg.mean, self.cfg.std)
         atomic_write(self.dir / target / f"{precision}.onnx", graph.SerializeToString())
         return graph
 
@@ -248,8 +276,9 @@ class ModelBuild:
         self.gate(precision, backend, parity)
         write_engine(artifact, data, self.manifest(backend, version, precision, artifact, data, graph_bytes, key,
                                                    parity, device, time.perf_counter() - start, compiled))
+        err = "n/a (argmax in graph)" if parity["max_abs_error"] is None else f"{parity['max_abs_error']:.3g}"
         log(f"  {self.cfg.name} {precision} {backend}: built {artifact.name} in {time.perf_counter() - start:.1f}s, "
-            f"max|err| {parity['max_abs_error']:.3g}, pixel agreement {parity['pixel_agreement']:.4f}")
+            f"max|err| {err}, pixel agreement {parity['pixel_agreement']:.4f}")
         return {**row, "status": "built", "parity": parity}
 
     def build_tensorrt(self, precision: str):
@@ -279,15 +308,18 @@ class ModelBuild:
         return plan, parity, trt_engine.device_info()
 
     def measure(self, make_runner) -> dict:
-        inputs, references = self.parity_data()
+        samples, embedded = self.samples(), self.cfg.embed_pre_post
         with make_runner() as runner:
-            outputs = [runner.infer({"images": x})["logits"] for x in inputs]
-        return {**compare(outputs, references), "num_inputs": len(inputs), "size": list(self.cfg.input.size)}
+            outputs = engine_outputs(runner, samples.feeds(embedded), embedded)
+        return {**agreement(outputs, samples.references, embedded), "num_inputs": len(outputs),
+                "size": list(self.cfg.input.size)}
 
     def gate(self, precision: str, backend: str, parity: dict) -> None:
         threshold = getattr(self.pipeline.parity, precision)
         problems = []
-        if threshold.max_abs_error is not None and not parity["max_abs_error"] <= threshold.max_abs_error:
+        # Engines with the argmax inside output no logits: only agreement can be gated for them.
+        if threshold.max_abs_error is not None and parity["max_abs_error"] is not None \
+                and not parity["max_abs_error"] <= threshold.max_abs_error:
             problems.append(f"max abs logit error {parity['max_abs_error']:.3g} > {threshold.max_abs_error:g}")
         if threshold.min_pixel_agreement is not None and parity["pixel_agreement"] < threshold.min_pixel_agreement:
             problems.append(f"pixel agreement {parity['pixel_agreement']:.4f} < {threshold.min_pixel_agreement:g}")
@@ -304,10 +336,15 @@ class ModelBuild:
             "model": cfg.name, "family": self.spec.family, "variant": cfg.name, "precision": precision,
             "backend": backend, "backend_version": version, "kind": "engine" if compiled else "graph",
             "classes": class_names(cfg), "palette": palette(cfg),
-            "input": {"name": "images", "layout": "NCHW", "dtype": "float32", "size": size.size,
-                      "min": size.min or size.size, "max": size.max or size.size,
+            "input": {**({"name": "frames", "layout": "NHWC", "dtype": "uint8", "embedded_preprocessing": True}
+                         if cfg.embed_pre_post else
+                         {"name": "images", "layout": "NCHW", "dtype": "float32", "embedded_preprocessing": False}),
+                      "size": size.size, "min": size.min or size.size, "max": size.max or size.size,
                       "size_divisor": self.spec.size_divisor, "dynamic_hw": self.spec.dynamic_hw},
-            "output": {"name": "logits", "layout": "NCHW", "dtype": "float32", "num_classes": cfg.num_classes},
+            "output": ({"name": "classes", "layout": "NHW", "dtype": "uint8", "embedded_argmax": True}
+                       if cfg.embed_pre_post else
+                       {"name": "logits", "layout": "NCHW", "dtype": "float32", "embedded_argmax": False})
+                      | {"num_classes": cfg.num_classes},
             "normalization": {"mean": cfg.mean, "std": cfg.std, "color": "RGB", "scale": "0-255"},
             "device": device,
             "session": asdict(self.pipeline.onnxruntime) if backend == "onnxruntime" else None,

@@ -17,10 +17,9 @@ from engines.base import EngineError
 from engines.manifest import read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 
-from .build import load_model, log, sample_inputs
+from .build import agreement, engine_outputs, load_model, log, sample_inputs
 from .config import Pipeline
 from .errors import UserError
-from .metrics import compare
 
 
 def _latency(fn, inputs: list[np.ndarray], warmup: int, iterations: int) -> dict[str, float]:
@@ -82,10 +81,9 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
         if not artifacts:
             raise UserError(f"{cfg.name}: nothing built in {out / cfg.name}; run python -m export build first")
         model, _ = load_model(cfg, pipeline)
-        inputs = sample_inputs(pipeline, cfg, cfg_check.num_images)
+        samples = sample_inputs(pipeline, cfg, cfg_check.num_images, model)
         with torch.no_grad():
-            references = [model(torch.from_numpy(x)).numpy() for x in inputs]
-            eager = _latency(lambda x: model(torch.from_numpy(x)), inputs, cfg_check.warmup, cfg_check.iterations)
+            eager = _latency(lambda x: model(torch.from_numpy(x)), samples.tensors, cfg_check.warmup, cfg_check.iterations)
         log(f"{cfg.name}: PyTorch eager p50 {eager['p50_ms']:.1f} ms at {cfg.input.size[0]}x{cfg.input.size[1]}, "
             f"{threads} threads")
         for path in artifacts:
@@ -96,10 +94,12 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             if runner is None:
                 rows.append({**row, "skipped": how})
                 continue
+            embedded = manifest["input"].get("embedded_preprocessing", False)
+            feeds = samples.feeds(embedded)
             with runner:
-                outputs = [runner.infer({"images": x})["logits"] for x in inputs]
-                speed = _latency(lambda x: runner.infer({"images": x}), inputs, cfg_check.warmup, cfg_check.iterations)
-            row.update(compare(outputs, references))
+                outputs = engine_outputs(runner, feeds, embedded)
+                speed = _latency(runner.infer, feeds, cfg_check.warmup, cfg_check.iterations)
+            row.update(agreement(outputs, samples.references, embedded))
             row["engine"] = speed
             row["speedup_vs_pytorch"] = eager["p50_ms"] / speed["p50_ms"]
             rows.append(row)
@@ -119,7 +119,8 @@ def table(rows: list[dict]) -> list[list[str]]:
             lines.append([r["model"], r["precision"], r["backend"], "skipped: " + r["skipped"]] + [""] * 9)
             continue
         e, p = r["engine"], r["pytorch"]
-        lines.append([r["model"], r["precision"], r["run_with"], f"{r['max_abs_error']:.2e}", f"{r['rel_l2_error']:.2e}",
+        err = lambda v: "n/a" if v is None else f"{v:.2e}"  # noqa: E731  (engines with argmax inside: no logits)
+        lines.append([r["model"], r["precision"], r["run_with"], err(r["max_abs_error"]), err(r["rel_l2_error"]),
                       f"{r['pixel_agreement']:.4f}", f"{r['miou_vs_pytorch']:.4f}", f"{p['p50_ms']:.1f}",
                       f"{p['p90_ms']:.1f}", f"{e['p50_ms']:.1f}", f"{e['p90_ms']:.1f}", f"{e['throughput_fps']:.1f}",
                       f"{r['speedup_vs_pytorch']:.2f}x"])

@@ -57,6 +57,8 @@ class ModelConfig:
     input: InputSize = field(default_factory=InputSize)
     mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB, 0-255 scale
     std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    # Bake normalization (uint8 NHWC frames in) and argmax (uint8 class map out) into the engine.
+    embed_pre_post: bool = False
 
 
 @dataclass

@@ -41,3 +41,19 @@ def compare(outputs: list[np.ndarray], references: list[np.ndarray]) -> dict[str
         "pixel_agreement": agree / pixels,
         "miou_vs_pytorch": mean_iou(conf),
     }
+
+
+def compare_classes(classes: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float | None]:
+    """For engines that output class maps (argmax inside the graph): agreement and mIoU only; there are no
+    logits to compare."""
+    num_classes = references[0].shape[1]
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    agree = pixels = 0
+    for pred, ref in zip(classes, references):
+        r = ref.argmax(1)
+        p = pred.reshape(r.shape).astype(np.int64)
+        agree += int((p == r).sum())
+        pixels += r.size
+        conf += confusion(np.minimum(p, num_classes - 1), r, num_classes)
+    return {"max_abs_error": None, "rel_l2_error": None, "pixel_agreement": agree / pixels,
+            "miou_vs_pytorch": mean_iou(conf)}

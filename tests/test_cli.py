@@ -251,3 +251,34 @@ def test_interrupted_build_keeps_good_engines(built, tmp_path):
         with OnnxRuntimeRunner.from_engine(path) as runner:
             assert runner.infer({"images": torch.randn(1, 3, 64, 64).numpy()})["logits"].shape == (1, 4, 64, 64)
     assert not list(work.rglob("*.tmp"))
+
+
+def test_embedded_pre_and_post_processing(tmp_path, capsys):
+    """embed_pre_post: the engine takes uint8 NHWC frames and returns a uint8 class map equal to PyTorch's argmax."""
+    import numpy as np
+
+    from export.images import preprocess, synthetic_scene
+
+    model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["fp32"], "embed_pre_post": True,
+             "input": {"size": [64, 64]}}
+    config = tiny_pipeline(tmp_path, models=[model], parity={"num_inputs": 2})
+    assert main(["build", "--config", config]) == 0
+    path = engine(tmp_path)
+    m = read_manifest(path)
+    assert m["input"]["name"] == "frames" and m["input"]["dtype"] == "uint8" and m["input"]["embedded_preprocessing"]
+    assert m["output"] == {"name": "classes", "layout": "NHW", "dtype": "uint8", "embedded_argmax": True, "num_classes": 4}
+    assert m["parity"]["pixel_agreement"] == 1.0 and m["parity"]["max_abs_error"] is None
+    frame = synthetic_scene(7, (64, 64))
+    with OnnxRuntimeRunner.from_engine(path) as runner:
+        classes = runner.infer({"frames": frame[None]})["classes"]
+    from export.build import load_model
+    from export.config import load_pipeline
+
+    torch_model, _ = load_model(load_pipeline(config).models[0], load_pipeline(config))
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(preprocess(frame, (64, 64), m["normalization"]["mean"],
+                                                             m["normalization"]["std"]))).argmax(1).numpy()
+    assert classes.dtype == np.uint8 and classes.shape == (1, 64, 64)
+    assert (classes == expected).mean() > 0.999
+    assert main(["check", "--config", config]) == 0
+    assert "n/a" in capsys.readouterr().out
