@@ -39,6 +39,16 @@ class Runner(ABC):
             raise EngineError(f"{self.name}: call activate() (or use it as a context manager) before infer()")
         return self.infer_impl(feed)
 
+    def submit(self, feed: Mapping[str, np.ndarray]) -> object:
+        """Start inference on ``feed`` and return a ticket for ``collect``. Backends that can overlap the copy
+        of one batch with the inference of the previous one (TensorRT, two buffer sets) override this pair;
+        the default runs synchronously, so callers can always pipeline submit(n+1) before collect(n)."""
+        return self.infer(feed)
+
+    def collect(self, ticket: object) -> dict[str, np.ndarray]:
+        """The outputs of a ``submit``, in submission order."""
+        return ticket  # type: ignore[return-value]
+
     def __enter__(self) -> "Runner":
         return self.activate()
 
