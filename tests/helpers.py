@@ -1,10 +1,13 @@
 """Small shared pieces of the test suite."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -29,3 +32,28 @@ def calibration_batches(size: tuple[int, int], count: int = 4) -> list[np.ndarra
 
     mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     return [preprocess(read_rgb(p), size, mean, std) for p in list_images(SAMPLES, "tests", count)]
+
+
+def tiny_pipeline(folder, **overrides) -> str:
+    data = {
+        "out_dir": "out",
+        "backends": ["onnxruntime"],
+        "calibration": {"images": str(SAMPLES), "max_images": 2},
+        "parity": {"num_inputs": 1, "int8": {"min_pixel_agreement": 0.5}},
+        "check": {"num_images": 1, "warmup": 1, "iterations": 2, "threads": 1},
+        "onnxruntime": {"threads": 1},
+        "models": [{"name": "bisenetv2", "num_classes": 4, "precisions": ["fp32", "int8"],
+                    "input": {"size": [64, 64], "min": [64, 64], "max": [128, 128]}}],
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def cli(*args: str, module: str = "export", timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` as a user would, from the repository root."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)

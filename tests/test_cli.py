@@ -15,31 +15,7 @@ from engines.base import EngineError
 from engines.manifest import atomic_write, manifest_path, read_manifest, sha256_file
 from engines.onnxruntime import OnnxRuntimeRunner
 from export.__main__ import main
-from helpers import ROOT, SAMPLES
-
-
-def tiny_pipeline(folder, **overrides) -> str:
-    data = {
-        "out_dir": "out",
-        "backends": ["onnxruntime"],
-        "calibration": {"images": str(SAMPLES), "max_images": 2},
-        "parity": {"num_inputs": 1, "int8": {"min_pixel_agreement": 0.5}},
-        "check": {"num_images": 1, "warmup": 1, "iterations": 2, "threads": 1},
-        "onnxruntime": {"threads": 1},
-        "models": [{"name": "bisenetv2", "num_classes": 4, "precisions": ["fp32", "int8"],
-                    "input": {"size": [64, 64], "min": [64, 64], "max": [128, 128]}}],
-    }
-    for key, value in overrides.items():
-        data[key] = value
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+from helpers import ROOT, cli, tiny_pipeline
 
 
 @pytest.fixture(scope="module")

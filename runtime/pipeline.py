@@ -1,0 +1,262 @@
+"""Capture, inference and output run concurrently, joined by small bounded queues.
+
+- Live sources (cameras, streams) are latency-first: capture keeps only the newest frame, so inference
+  always takes the freshest one; frames replaced before inference took them are counted as dropped
+  ('stale').
+- Files and folders are throughput-first: every frame, in order, none dropped; capture blocks when
+  inference is behind.
+- Inference submits frame n+1 before collecting frame n, so backends that can overlap copies with compute
+  (TensorRT's two buffer sets) never wait for the host.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .engine import SegmentationEngine
+from .render import render
+from .types import Frame, Output, Result, RuntimeFault, Source, SourceInfo
+
+STAGES = ("capture", "pre", "infer", "post", "output")
+_END = object()
+
+
+@dataclass
+class RunOptions:
+    view: str = "overlay"
+    alpha: float = 0.5
+    show_legend: bool = True
+    show_stats: bool = True
+    max_frames: int | None = None
+    stats_path: Path | None = None
+    report_every: float = 5.0
+
+
+class Stats:
+    """Per-stage latency, end-to-end latency, FPS and dropped frames."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {s: [] for s in STAGES + ("end_to_end",)}
+        self.dropped: Counter[str] = Counter()
+        self.frames = 0
+        self.start = time.monotonic()
+        self.recent: deque[float] = deque(maxlen=30)  # completion times, for the live FPS
+
+    def record(self, result: Result, end_to_end: float) -> None:
+        self.frames += 1
+        for stage in STAGES:
+            self.times[stage].append(result.timings.get(stage, 0.0))
+        self.times["end_to_end"].append(end_to_end)
+        self.recent.append(time.monotonic())
+
+    def fps(self) -> float:
+        if len(self.recent) < 2:
+            return 0.0
+        return (len(self.recent) - 1) / max(self.recent[-1] - self.recent[0], 1e-9)
+
+    def percentiles(self, window: int | None = None) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.times.items():
+            v = np.asarray(values[-window:] if window else values) * 1000
+            out[stage] = {"p50_ms": float(np.percentile(v, 50)) if v.size else 0.0,
+                          "p95_ms": float(np.percentile(v, 95)) if v.size else 0.0}
+        return out
+
+    def line(self) -> str:
+        p = self.percentiles(window=100)
+        stages = " ".join(f"{s} {p[s]['p50_ms']:.1f}" for s in STAGES)
+        dropped = sum(self.dropped.values())
+        return (f"{self.frames} frames, {self.fps():.1f} FPS, end-to-end p50 {p['end_to_end']['p50_ms']:.1f} ms "
+                f"p95 {p['end_to_end']['p95_ms']:.1f} ms; stage p50 ms: {stages}; dropped {dropped}")
+
+    def summary(self) -> dict:
+        elapsed = time.monotonic() - self.start
+        return {"frames": self.frames, "seconds": round(elapsed, 3), "fps": self.frames / elapsed if elapsed else 0.0,
+                "latency": self.percentiles(), "dropped": dict(self.dropped)}
+
+
+class _Latest:
+    """A one-slot mailbox: put replaces what was not taken yet (and says so)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.item: object | None = None
+
+    def put(self, item: object) -> bool:
+        with self.cond:
+            replaced = self.item is not None and self.item is not _END
+            if self.item is not _END:
+                self.item = item
+            self.cond.notify()
+            return replaced
+
+    def get(self, stop: threading.Event) -> object:
+        with self.cond:
+            while self.item is None:
+                if stop.is_set():
+                    return _END
+                self.cond.wait(0.1)
+            item, self.item = self.item, (None if self.item is not _END else _END)
+            return item
+
+
+def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: list[Output], options: RunOptions,
+        stop: threading.Event, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """Run until the source ends, ``max_frames`` are done or ``stop`` is set; returns the summary."""
+    stats = Stats()
+    errors: list[BaseException] = []
+    frames_in: _Latest | queue.Queue = _Latest() if info.live else queue.Queue(maxsize=4)
+    results: queue.Queue = queue.Queue(maxsize=4)
+    stats_file = open(options.stats_path, "w") if options.stats_path else None
+
+    output_done = threading.Event()
+
+    def put(q: queue.Queue, item: object, always: bool = False) -> None:
+        """Blocking put that gives up once ``stop`` is set; with ``always`` (results, which the output thread
+        drains to the end) only once the output thread is gone."""
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if (stop.is_set() and not always) or output_done.is_set():
+                    return
+
+    def guarded(fn):
+        def wrapper():
+            try:
+                fn()
+            except BaseException as exc:  # reported by the main thread, after everything is closed
+                errors.append(exc)
+                stop.set()
+        return wrapper
+
+    @guarded
+    def capture() -> None:
+        try:
+            while not stop.is_set():
+                frame = source.read()
+                if frame is None:
+                    break
+                if isinstance(frames_in, _Latest):
+                    if frames_in.put(frame):
+                        stats.dropped["stale"] += 1
+                else:
+                    put(frames_in, frame)
+        finally:
+            if isinstance(frames_in, _Latest):
+                frames_in.put(_END)
+            else:
+                put(frames_in, _END)
+
+    def next_frame() -> Frame | None:
+        if isinstance(frames_in, _Latest):
+            item = frames_in.get(stop)
+        else:
+            item = _END
+            while not stop.is_set() or not frames_in.empty():
+                try:
+                    item = frames_in.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+        return None if item is _END else item
+
+    @guarded
+    def infer() -> None:
+        pending: deque = deque()
+        done = 0
+
+        def finish() -> None:
+            frame, ticket, timings, submitted = pending.popleft()
+            outputs_ = engine.runner.collect(ticket)
+            collected = time.perf_counter()
+            classes = engine.postprocess(outputs_)
+            timings["infer"] = collected - submitted
+            timings["post"] = time.perf_counter() - collected
+            put(results, Result(frame, classes, timings), always=True)
+
+        try:
+            while options.max_frames is None or done < options.max_frames:
+                frame = next_frame()
+                if frame is None:
+                    break
+                t0 = time.perf_counter()
+                feed = engine.preprocess(frame.image)
+                t1 = time.perf_counter()
+                pending.append((frame, engine.runner.submit(feed), {"capture": frame.capture_seconds, "pre": t1 - t0}, t1))
+                done += 1
+                if len(pending) == 2:
+                    finish()
+            while pending:
+                finish()
+        finally:
+            if options.max_frames is not None and done >= options.max_frames:
+                stop.set()  # enough frames: let capture end too
+            put(results, _END, always=True)  # the output thread reads until it sees this
+
+    @guarded
+    def output() -> None:
+        try:
+            write_results()
+        finally:
+            output_done.set()
+
+    def write_results() -> None:
+        last_report = time.monotonic()
+        while True:
+            item = results.get()
+            if item is _END:
+                return
+            t0 = time.perf_counter()
+            text = f"{stats.fps():.1f} FPS  {1000 * sum(item.timings.values()):.0f} ms" if options.show_stats else None
+            image = render(item.frame.image, item.classes, engine.legend, options.view, options.alpha,
+                           options.show_legend, text)
+            for out in outputs:
+                out.write(item, image)
+            item.timings["output"] = time.perf_counter() - t0
+            end_to_end = time.monotonic() - item.frame.timestamp
+            stats.record(item, end_to_end)
+            if stats_file:
+                hist = np.bincount(item.classes.ravel(), minlength=len(engine.legend.names)) / item.classes.size
+                stats_file.write(json.dumps({
+                    "frame": item.frame.index, "end_to_end_ms": round(end_to_end * 1000, 3),
+                    "stages_ms": {k: round(v * 1000, 3) for k, v in item.timings.items()},
+                    "classes": {engine.legend.names[i]: round(float(f), 5) for i, f in enumerate(hist) if f > 0},
+                }) + "\n")
+            if time.monotonic() - last_report >= options.report_every:
+                log(stats.line())
+                last_report = time.monotonic()
+
+    threads = [threading.Thread(target=f, name=f.__name__, daemon=True) for f in (capture, infer, output)]
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)  # short joins keep the main thread free for Ctrl-C / SIGTERM handlers
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        if stats_file:
+            stats_file.close()
+    for key, value in source.counters.items():
+        if key in ("corrupt",) and value:
+            stats.dropped[key] += value
+    summary = {**stats.summary(), "source": dict(source.counters)}
+    fatal = [e for e in errors if not isinstance(e, RuntimeFault)]
+    if fatal:
+        raise fatal[0]
+    if errors:
+        summary["error"] = str(errors[0])
+    return summary
