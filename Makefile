@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: build test check list clean
+.PHONY: build test check list run clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(PY) -m export check --config pipeline.yaml --report build/check.md --json build/check.json
+
+# Live segmentation: `make run SOURCE=0` (USB camera), SOURCE=csi://0 (Jetson), rtsp://..., a file, synthetic://.
+# Watch it at http://127.0.0.1:8080 (OUTPUT=display:// for a window, OUTPUT=out.mp4 for a file).
+SOURCE ?= synthetic://
+ENGINE ?= bisenetv2
+OUTPUT ?= http://127.0.0.1:8080
+run: build
+	$(PY) -m runtime --engine $(ENGINE) --source '$(SOURCE)' --output '$(OUTPUT)'
 
 list: $(STAMP)
 	$(PY) -m export list
