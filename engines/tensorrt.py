@@ -17,7 +17,7 @@ import contextlib
 import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -299,12 +299,88 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- run
 
+@dataclass(frozen=True)
+class Ticket:
+    """What ``TensorRTRunner.submit`` returns and ``collect`` takes: the buffer set (slot) holding the frame and
+    its place in submission order."""
+
+    slot: int
+    sequence: int
+
+
+class TicketQueue:
+    """The double-buffering rules, apart from CUDA: ticket n uses slot n % depth, at most ``depth`` tickets are
+    outstanding, and they are collected in submission order.
+
+    A submit that would take a slot still in flight raises EngineError instead of waiting: waiting would have to
+    collect the oldest frame and hold its outputs for a later ``collect``, hiding a caller bug (the runtime keeps
+    at most two frames pending). Sequence numbers keep counting across ``clear``, so a ticket issued before a
+    deactivate can never be mistaken for a new one.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self._next = 0  # sequence number of the next ticket
+        self._oldest = 0  # sequence number of the oldest outstanding ticket (== _next when none is)
+
+    @property
+    def outstanding(self) -> int:
+        return self._next - self._oldest
+
+    def next_slot(self) -> int:
+        """The slot the next ticket will use; raises EngineError when every slot is in flight."""
+        if self.outstanding >= self.depth:
+            waiting = ", ".join(f"#{n}" for n in range(self._oldest, self._next))
+            raise EngineError(f"submit() with {self.outstanding} frames already in flight (tickets {waiting}); "
+                              f"collect ticket #{self._oldest} first: this runner holds at most {self.depth}")
+        return self._next % self.depth
+
+    def issue(self) -> Ticket:
+        ticket = Ticket(self.next_slot(), self._next)
+        self._next += 1
+        return ticket
+
+    def check(self, ticket: object) -> Ticket:
+        """Raise EngineError unless ``ticket`` is the oldest outstanding one, the only one collect may take."""
+        if not isinstance(ticket, Ticket):
+            raise EngineError(f"collect() takes a ticket returned by this runner's submit(), got {ticket!r}")
+        n = ticket.sequence
+        if n < self._oldest:
+            raise EngineError(f"ticket #{n} was already collected, or submitted before the runner was deactivated")
+        if n >= self._next or ticket.slot != n % self.depth:
+            raise EngineError(f"ticket #{n} was not issued by this runner")
+        if n != self._oldest:
+            raise EngineError(f"ticket #{n} collected before ticket #{self._oldest}; collect in submission order")
+        return ticket
+
+    def retire(self, ticket: Ticket) -> None:
+        self.check(ticket)
+        self._oldest += 1
+
+    def clear(self) -> None:
+        """Forget every outstanding ticket (deactivate); they stay invalid."""
+        self._oldest = self._next
+
+
 @dataclass
 class _Buffer:
     """A pinned host array and a device allocation of the same capacity (elements), grown on demand."""
 
     host: np.ndarray  # flat, page-locked, so copies to and from the GPU can be asynchronous
     device: Any  # pycuda.driver.DeviceAllocation
+
+
+@dataclass
+class _Slot:
+    """One of the two buffer sets: its own pinned host and device buffers for every I/O tensor, and the stream
+    its copies run on, so the copies of one frame overlap the inference of the other."""
+
+    stream: Any  # pycuda.driver.Stream: host->device before the frame's inference, device->host after it
+    uploaded: Any  # pycuda.driver.Event: the input copy is done; inference waits for it
+    inferred: Any  # the inference is done; the output copy waits for it
+    downloaded: Any  # the output copy is done; collect waits for it
+    buffers: dict[str, _Buffer] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # output shapes of the frame in flight
 
 
 class TensorRTRunner(Runner):
@@ -314,9 +390,13 @@ class TensorRTRunner(Runner):
     such plans carry their own runtime code, which TensorRT only loads when allowed. ``dla_core`` must match
     the core a DLA plan was built for.
 
+    ``submit``/``collect`` double-buffer: two buffer sets used in turn, each with its own copy stream, so the
+    host->device copy of frame n+1 runs while frame n is inferred. At most two frames are in flight (a third
+    ``submit`` raises EngineError); collect them in submission order. ``infer`` is submit + collect.
+
     CUDA context: the runner uses the device's *primary* context (the one the CUDA runtime, and therefore
-    TensorRT, uses), retained once per process, and pushes it only while it works (activate, infer,
-    deactivate), so it leaves no context current afterwards and works from whichever thread calls it
+    TensorRT, uses), retained once per process, and pushes it only while it works (activate, infer, submit,
+    collect, deactivate), so it leaves no context current afterwards and works from whichever thread calls it
     (one call at a time). ``pycuda.autoinit`` is not used: it creates a second, non-primary context.
     """
 
@@ -331,7 +411,8 @@ class TensorRTRunner(Runner):
         self._runtime = self._engine = self._context = self._stream = None
         self._inputs: dict[str, np.dtype] = {}
         self._outputs: dict[str, np.dtype] = {}
-        self._buffers: dict[str, _Buffer] = {}
+        self._slots: list[_Slot] = []
+        self._tickets = TicketQueue(depth=2)
 
     @classmethod
     def from_engine(cls, plan_path: str | os.PathLike) -> "TensorRTRunner":
@@ -378,11 +459,19 @@ class TensorRTRunner(Runner):
                 f"TensorRT {trt.__version__} cannot load engine {self.plan_path}: it was built for another TensorRT "
                 "version or GPU, or the file is damaged (the TensorRT log above says which); rebuild it on this "
                 "device with python -m export build --force")
+        # One execution context for both buffer sets, and all inference on one stream (self._stream), so two
+        # frames never run at once: a context's activation memory "is in use from the invocation of enqueueV3()
+        # until network execution is complete" (NvInferRuntime.h, IExecutionContext::setDeviceMemory). A second
+        # context would need a second optimization profile: "If the engine supports dynamic shapes, each
+        # execution context in concurrent use must use a separate optimization profile" (NvInferRuntime.h, class
+        # IExecutionContext, TensorRT 10.3 and 11.1), and our plans have one.
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise EngineError(f"TensorRT could not create an execution context for {self.plan_path} (out of GPU "
                               "memory?); the TensorRT log above says why")
         self._stream = cuda.Stream()
+        for _ in range(self._tickets.depth):
+            self._slots.append(_Slot(cuda.Stream(), _event(cuda), _event(cuda), _event(cuda, blocking=True)))
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = _numpy_dtype(trt, self._engine.get_tensor_dtype(name), name)
@@ -390,52 +479,108 @@ class TensorRTRunner(Runner):
             (self._inputs if is_input else self._outputs)[name] = dtype
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._tickets.outstanding:
+            raise EngineError(f"{self.name}: infer() while {self._tickets.outstanding} submitted frame(s) are not "
+                              "collected; collect them first, or use only submit/collect")
+        return self.collect(self.submit(feed))
+
+    def submit(self, feed: Mapping[str, np.ndarray]) -> Ticket:
+        """Start inference on ``feed`` in the next free buffer set and return its ticket, without waiting for the
+        GPU. Raises EngineError if two frames are already in flight: collect the oldest first."""
+        if not self.is_active:
+            raise EngineError(f"{self.name}: call activate() (or use it as a context manager) before submit()")
         import pycuda.driver as cuda
 
+        arrays = self._check_feed(feed)
+        slot = self._slots[self._tickets.next_slot()]
+        with self._cuda_current():
+            try:
+                self._enqueue(cuda, slot, arrays)
+            except BaseException:
+                # Copies for this slot may be queued: let them finish before the slot's buffers are written again.
+                slot.stream.synchronize()
+                self._stream.synchronize()
+                raise
+        return self._tickets.issue()
+
+    def collect(self, ticket: object) -> dict[str, np.ndarray]:
+        """Wait for the oldest submitted frame and return copies of its outputs (the buffers are reused)."""
+        ticket = self._tickets.check(ticket)
+        slot = self._slots[ticket.slot]
+        with self._cuda_current():
+            slot.downloaded.synchronize()
+        results = {name: slot.buffers[name].host[:math.prod(shape)].reshape(shape).copy()
+                   for name, shape in slot.shapes.items()}
+        self._tickets.retire(ticket)
+        return results
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if set(feed) != set(self._inputs):
             raise EngineError(f"{self.name}: got inputs {sorted(feed)}, the engine takes {sorted(self._inputs)}")
-        with self._cuda_current():
-            for name, dtype in self._inputs.items():
-                array = np.asarray(feed[name])
-                if array.dtype != dtype:
-                    raise EngineError(f"{self.name}: input '{name}' is {array.dtype}, the engine takes {dtype}; "
-                                      f"convert it with .astype(np.{dtype.name})")
-                if not self._context.set_input_shape(name, array.shape):
-                    raise EngineError(f"{self.name}: input '{name}' has shape {array.shape}, outside the engine's "
-                                      f"profile {self._profile(name)}; rebuild with other min/opt/max shapes")
-                buffer = self._buffer(cuda, name, array.size, dtype)
-                host = buffer.host[:array.size].reshape(array.shape)
-                np.copyto(host, array)  # into pinned memory, whatever the caller's layout
-                cuda.memcpy_htod_async(buffer.device, host, self._stream)
-                self._context.set_tensor_address(name, int(buffer.device))
-            shapes = {}
-            for name, dtype in self._outputs.items():
-                shapes[name] = tuple(self._context.get_tensor_shape(name))
-                if any(d < 0 for d in shapes[name]):
-                    raise EngineError(f"{self.name}: output '{name}' has a data-dependent shape {shapes[name]}, "
-                                      "which this runner does not support")
-                buffer = self._buffer(cuda, name, math.prod(shapes[name]), dtype)
-                self._context.set_tensor_address(name, int(buffer.device))
-            if not self._context.execute_async_v3(self._stream.handle):
-                raise EngineError(f"{self.name}: TensorRT failed to enqueue inference; the TensorRT log above says why")
-            results = {}
-            for name, shape in shapes.items():
-                results[name] = self._buffers[name].host[:math.prod(shape)].reshape(shape)
-                cuda.memcpy_dtoh_async(results[name], self._buffers[name].device, self._stream)
-            self._stream.synchronize()
-        return {name: array.copy() for name, array in results.items()}  # the pinned buffers are reused next call
+        arrays = {}
+        for name, dtype in self._inputs.items():
+            arrays[name] = np.asarray(feed[name])
+            if arrays[name].dtype != dtype:
+                raise EngineError(f"{self.name}: input '{name}' is {arrays[name].dtype}, the engine takes {dtype}; "
+                                  f"convert it with .astype(np.{dtype.name})")
+        return arrays
+
+    def _enqueue(self, cuda: Any, slot: _Slot, arrays: dict[str, np.ndarray]) -> None:
+        """Queue one frame on ``slot``: input copy on the slot's stream, inference on the shared stream once the
+        copy is done, output copy back on the slot's stream once inference is done."""
+        # Shapes first: a shape outside the profile is refused before anything is queued.
+        for name, array in arrays.items():
+            if not self._context.set_input_shape(name, array.shape):
+                raise EngineError(f"{self.name}: input '{name}' has shape {array.shape}, outside the engine's "
+                                  f"profile {self._profile(name)}; rebuild with other min/opt/max shapes")
+        slot.shapes = {}
+        for name in self._outputs:
+            slot.shapes[name] = tuple(self._context.get_tensor_shape(name))
+            if any(d < 0 for d in slot.shapes[name]):
+                raise EngineError(f"{self.name}: output '{name}' has a data-dependent shape {slot.shapes[name]}, "
+                                  "which this runner does not support")
+        sizes = {**{name: array.size for name, array in arrays.items()},
+                 **{name: math.prod(shape) for name, shape in slot.shapes.items()}}
+        dtypes = {**self._inputs, **self._outputs}
+        buffers = {name: self._buffer(cuda, slot, name, size, dtypes[name]) for name, size in sizes.items()}
+        for name, array in arrays.items():
+            host = buffers[name].host[:array.size].reshape(array.shape)
+            np.copyto(host, array)  # into pinned memory, whatever the caller's layout
+            cuda.memcpy_htod_async(buffers[name].device, host, slot.stream)
+        slot.uploaded.record(slot.stream)
+        self._stream.wait_for_event(slot.uploaded)
+        # Rebinding the addresses while the other slot's frame may still be running on the GPU: enqueueV3 forbids
+        # "modifying or releasing memory that has been registered for the tensors before stream synchronization"
+        # (NvInferRuntime.h, IExecutionContext::enqueueV3), and each slot has its own memory, untouched until its
+        # ticket is collected. The headers do not say in so many words that addresses and shapes are read when
+        # enqueueV3 is called; NVIDIA's Triton TensorRT backend relies on it the same way: one context, buffer
+        # binding sets used in turn, setInputShape/setTensorAddress + enqueueV3 on one stream for the next request
+        # while the previous one still runs (triton-inference-server/tensorrt_backend src/instance_state.cc).
+        for name, buffer in buffers.items():
+            self._context.set_tensor_address(name, int(buffer.device))
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise EngineError(f"{self.name}: TensorRT failed to enqueue inference; the TensorRT log above says why")
+        slot.inferred.record(self._stream)
+        slot.stream.wait_for_event(slot.inferred)
+        for name, shape in slot.shapes.items():
+            cuda.memcpy_dtoh_async(buffers[name].host[:sizes[name]].reshape(shape), buffers[name].device, slot.stream)
+        slot.downloaded.record(slot.stream)
 
     def deactivate_impl(self) -> None:
         with self._cuda_current():
             self._free()
 
     def _free(self) -> None:
-        """Release in reverse order of creation; safe to call on a partly activated runner."""
-        if self._stream is not None:
-            self._stream.synchronize()
-        for buffer in self._buffers.values():
-            buffer.device.free()
-        self._buffers.clear()  # drops the pinned host arrays, which frees them
+        """Release in reverse order of creation; safe to call on a partly activated runner and with frames still
+        in flight (everything queued is waited for first, and their tickets become invalid)."""
+        for stream in [self._stream] + [slot.stream for slot in self._slots]:
+            if stream is not None:
+                stream.synchronize()
+        for slot in self._slots:
+            for buffer in slot.buffers.values():
+                buffer.device.free()
+        self._slots.clear()  # drops the pinned host arrays, events and copy streams, which frees them
+        self._tickets.clear()
         self._context = None
         self._engine = None
         self._runtime = None
@@ -443,14 +588,15 @@ class TensorRTRunner(Runner):
         self._inputs.clear()
         self._outputs.clear()
 
-    def _buffer(self, cuda: Any, name: str, size: int, dtype: np.dtype) -> _Buffer:
-        buffer = self._buffers.get(name)
+    def _buffer(self, cuda: Any, slot: _Slot, name: str, size: int, dtype: np.dtype) -> _Buffer:
+        # Growing frees the old allocation: safe, because a slot is only written once its last frame is collected.
+        buffer = slot.buffers.get(name)
         if buffer is None or buffer.host.size < size:
             if buffer is not None:
                 buffer.device.free()
             size = max(size, 1)  # a zero-byte allocation is an error in CUDA
             buffer = _Buffer(cuda.pagelocked_empty(size, dtype), cuda.mem_alloc(size * dtype.itemsize))
-            self._buffers[name] = buffer
+            slot.buffers[name] = buffer
         return buffer
 
     def _profile(self, name: str) -> str:
@@ -492,6 +638,13 @@ def _primary_context() -> Any:
 
     cuda.init()
     return cuda.Device(0).retain_primary_context()
+
+
+def _event(cuda: Any, blocking: bool = False) -> Any:
+    # No timing: these events only order streams, and timing makes them slower. Blocking: collect's wait sleeps
+    # instead of spinning a CPU core the capture thread needs (Jetsons have few).
+    flags = int(cuda.event_flags.DISABLE_TIMING) | (int(cuda.event_flags.BLOCKING_SYNC) if blocking else 0)
+    return cuda.Event(flags)
 
 
 def _numpy_dtype(trt: Any, trt_dtype: Any, name: str) -> np.dtype:

@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import EngineError
-from engines.tensorrt import TensorRTOptions, TensorRTRunner, build_engine, device_info, unavailable_reason
+from engines.tensorrt import (TensorRTOptions, TensorRTRunner, Ticket, TicketQueue, build_engine, device_info,
+                              unavailable_reason)
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = unavailable_reason()
@@ -133,6 +134,55 @@ def test_options_reject_bad_settings(field, value, message):
         TensorRTOptions.fixed((1, 3, 64, 64), **{field: value})
 
 
+# The double-buffering rules (which slot, how many in flight, in what order) are plain Python: tested here.
+def test_tickets_alternate_slots_and_hold_at_most_two():
+    tickets = TicketQueue(depth=2)
+    first, second = tickets.issue(), tickets.issue()
+    assert (first, second) == (Ticket(slot=0, sequence=0), Ticket(slot=1, sequence=1))
+    with pytest.raises(EngineError, match=r"2 frames already in flight \(tickets #0, #1\); collect ticket #0 first"):
+        tickets.next_slot()
+    tickets.retire(first)
+    assert tickets.outstanding == 1 and tickets.next_slot() == 0  # the collected frame's slot is free again
+    assert tickets.issue() == Ticket(slot=0, sequence=2)
+
+
+def test_tickets_are_collected_once_in_submission_order():
+    tickets = TicketQueue(depth=2)
+    first, second = tickets.issue(), tickets.issue()
+    with pytest.raises(EngineError, match="ticket #1 collected before ticket #0; collect in submission order"):
+        tickets.check(second)
+    tickets.retire(first)
+    with pytest.raises(EngineError, match="ticket #0 was already collected"):
+        tickets.retire(first)
+    for foreign in (Ticket(slot=1, sequence=5), Ticket(slot=0, sequence=1)):  # never issued; wrong slot
+        with pytest.raises(EngineError, match="not issued by this runner"):
+            tickets.check(foreign)
+    with pytest.raises(EngineError, match="takes a ticket returned by this runner's submit"):
+        tickets.check({"logits": None})  # e.g. the outputs of the synchronous default
+    tickets.retire(second)
+    assert tickets.outstanding == 0
+
+
+def test_cleared_tickets_stay_invalid():
+    tickets = TicketQueue(depth=2)
+    stale = tickets.issue()
+    tickets.clear()  # what deactivate does with frames still in flight
+    assert tickets.outstanding == 0
+    fresh = tickets.issue()
+    assert fresh.sequence == 1 and fresh.slot == 1
+    with pytest.raises(EngineError, match="already collected, or submitted before the runner was deactivated"):
+        tickets.check(stale)
+    tickets.retire(fresh)
+
+
+def test_runner_refuses_submit_and_collect_before_activate(tmp_path):
+    runner = TensorRTRunner(tmp_path / "model.plan")  # touches neither TensorRT nor CUDA
+    with pytest.raises(EngineError, match=r"call activate\(\) .* before submit\(\)"):
+        runner.submit({"images": np.zeros((1, 3, 16, 16), np.float32)})
+    with pytest.raises(EngineError, match="not issued by this runner"):
+        runner.collect(Ticket(slot=0, sequence=0))
+
+
 # ---------------------------------------------------------------------------------------------- TensorRT + GPU
 
 @pytest.fixture(scope="module")
@@ -216,6 +266,70 @@ def test_options_that_contradict_the_graph_or_device_raise_engine_error(conv_rel
     if trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores == 0:
         with pytest.raises(EngineError, match="no DLA"):
             build_engine(onnx_path, TensorRTOptions.fixed((1, 3, 32, 32), dla_core=0))
+
+
+def frame(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@needs_tensorrt
+def test_submit_two_then_collect_both_equals_two_infers(conv_relu):
+    _, plan_path, _ = conv_relu
+    rng = np.random.default_rng(3)
+    first, second = frame(rng, (1, 3, 32, 32)), frame(rng, (2, 3, 48, 64))  # different shapes: a mix-up shows
+    with TensorRTRunner(plan_path) as runner:
+        expected = [runner.infer({"images": first})["logits"], runner.infer({"images": second})["logits"]]
+        tickets = [runner.submit({"images": first}), runner.submit({"images": second})]
+        with pytest.raises(EngineError, match="collect ticket #.* first"):
+            runner.submit({"images": first})  # a third frame while two are in flight
+        with pytest.raises(EngineError, match="collect in submission order"):
+            runner.collect(tickets[1])
+        with pytest.raises(EngineError, match="not collected"):
+            runner.infer({"images": first})
+        collected = [runner.collect(ticket)["logits"] for ticket in tickets]
+    for got, want in zip(collected, expected):
+        assert got.shape == want.shape
+        # Same engine, same shapes: only a nondeterministic tactic could make these differ, and then barely.
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_tensorrt
+def test_interleaved_submit_and_collect_across_shapes_matches_onnxruntime(conv_relu):
+    onnx_path, plan_path, _ = conv_relu
+    rng = np.random.default_rng(4)
+    # Ten frames of changing shapes within the profile (min (1,3,16,16), max (2,3,64,64)): both buffer sets grow
+    # and shrink their views while the other set's frame is in flight.
+    shapes = [(1, 3, 16, 16), (2, 3, 64, 64), (1, 3, 32, 48), (2, 3, 16, 64), (1, 3, 64, 16),
+              (2, 3, 40, 24), (1, 3, 64, 64), (1, 3, 16, 16), (2, 3, 32, 32), (1, 3, 48, 56)]
+    frames = [frame(rng, shape) for shape in shapes]
+    with TensorRTRunner(plan_path) as runner:
+        pending = []
+        for n, images in enumerate(frames + [None]):
+            if images is not None:
+                caller_buffer = images.copy()
+                pending.append((n, runner.submit({"images": caller_buffer})))
+                caller_buffer[...] = np.nan  # the caller reuses its frame buffer at once: submit must have copied
+            if len(pending) == 2 or images is None:
+                done, ticket = pending.pop(0)
+                logits = runner.collect(ticket)["logits"]
+                assert logits.shape == (shapes[done][0], 4, shapes[done][2], shapes[done][3])
+                np.testing.assert_allclose(logits, reference(onnx_path, frames[done]), rtol=1e-2, atol=1e-2)
+        assert not pending
+
+
+@needs_tensorrt
+def test_deactivate_with_frames_in_flight_frees_them_and_invalidates_their_tickets(conv_relu):
+    onnx_path, plan_path, _ = conv_relu
+    images = frame(np.random.default_rng(5), (2, 3, 64, 64))
+    runner = TensorRTRunner(plan_path).activate()
+    tickets = [runner.submit({"images": images}), runner.submit({"images": images})]
+    runner.deactivate()  # waits for both frames, then frees both buffer sets and streams
+    assert not runner.is_active
+    with pytest.raises(EngineError, match="submitted before the runner was deactivated"):
+        runner.collect(tickets[0])
+    with runner:  # activating again starts from clean buffer sets and tickets
+        np.testing.assert_allclose(runner.infer({"images": images})["logits"], reference(onnx_path, images),
+                                   rtol=1e-2, atol=1e-2)
 
 
 @needs_tensorrt
