@@ -4,12 +4,14 @@
 
 Raw: ``runner.infer`` on frames already preprocessed, back to back (nothing else running). Runtime: a video
 file of the same frames through ``python -m runtime``'s pipeline (decode, resize, normalize, infer, argmax,
-render, encode to a video file), measured in the same process run after the raw pass. Prints both and
-their ratio. Needs `make build` first. Not a test: speeds go here, not in assertions.
+render, encode to a video file), measured in the same process right after the raw pass. Both are measured
+with the engine on every core and on every core but one (a core left to the host), and the ratios printed.
+Needs `make build` first. Not a test: speeds go here, not in assertions.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -33,6 +35,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--size", default="256x512", help="HxW of the video frames")
     p.add_argument("--output", default="video", choices=["video", "none"], help="encode a video file, or nothing")
+    p.add_argument("--threads", default=f"0,{max(1, (os.cpu_count() or 2) - 1)}",
+                   help="comma-separated engine thread counts to compare (0: every core)")
     args = p.parse_args()
     h, w = map(int, args.size.split("x"))
     path, why = resolve_engine(args.engine, Path(args.build_dir))
@@ -47,31 +51,35 @@ def main() -> None:
             frames.append(frame.image)
         writer.release()
         source.close()
-        with SegmentationEngine(path) as engine:
-            feeds = [engine.preprocess(f) for f in frames]
-            for feed in feeds[:5]:
-                engine.runner.infer(feed)
-            t = time.perf_counter()
-            for feed in feeds:
-                engine.runner.infer(feed)
-            raw_fps = len(feeds) / (time.perf_counter() - t)
-
-            src = open_source(str(video))
-            info = src.open()
-            outputs = [open_output(str(Path(tmp) / "out.mp4"))] if args.output == "video" else []
-            for out in outputs:
-                out.open(info, engine.legend)
-            summary = run(src, info, engine, outputs, RunOptions(report_every=1e9), threading.Event())
-            for out in outputs:
-                out.close()
-            src.close()
+        rows = [measure(path, int(t), frames, video, Path(tmp), args.output) for t in args.threads.split(",")]
     print(f"engine: {why} ({path}); {args.frames} frames of {h}x{w}; output: {args.output}")
-    print("| measurement | FPS |")
-    print("|---|---|")
-    print(f"| engine raw (`runner.infer` on preprocessed frames) | {raw_fps:.1f} |")
-    print(f"| runtime end to end (file in, video out) | {summary['fps']:.1f} |")
-    print(f"| ratio | {summary['fps'] / raw_fps:.3f} |")
+    print(f"machine: {os.cpu_count()} cores")
+    print("| engine threads | engine raw FPS | runtime end-to-end FPS | ratio |")
+    print("|---|---|---|---|")
+    for threads, raw, end_to_end in rows:
+        print(f"| {threads or 'all'} | {raw:.1f} | {end_to_end:.1f} | {end_to_end / raw:.3f} |")
 
+
+def measure(path: Path, threads: int, frames: list, video: Path, tmp: Path, output: str) -> tuple[int, float, float]:
+    """(threads, raw FPS, runtime FPS) for one engine configuration, measured back to back."""
+    with SegmentationEngine(path, threads) as engine:
+        feeds = [engine.preprocess(f) for f in frames]
+        for feed in feeds[:5]:
+            engine.runner.infer(feed)
+        t = time.perf_counter()
+        for feed in feeds:
+            engine.runner.infer(feed)
+        raw_fps = len(feeds) / (time.perf_counter() - t)
+        src = open_source(str(video))
+        info = src.open()
+        outputs = [open_output(str(tmp / "out.mp4"))] if output == "video" else []
+        for out in outputs:
+            out.open(info, engine.legend)
+        summary = run(src, info, engine, outputs, RunOptions(report_every=1e9), threading.Event())
+        for out in outputs:
+            out.close()
+        src.close()
+    return threads, raw_fps, summary["fps"]
 
 if __name__ == "__main__":
     main()

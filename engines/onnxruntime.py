@@ -35,6 +35,10 @@ def session_options(threads: int = 0, optimization_level: str = "all") -> ort.Se
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle worker threads sleep instead of spinning: on a small CPU the engine shares cores with capture,
+    # drawing and encoding, and spinning threads starve them (measured on 2 cores: the video runtime went
+    # from 0.70 to 0.75 of the engine's raw throughput, the raw throughput itself did not change).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0-1 (default 0.5)")
     p.add_argument("--no-legend", dest="legend", action="store_false", help="do not draw the class legend")
     p.add_argument("--no-stats-overlay", dest="stats_overlay", action="store_false", help="do not draw FPS/latency")
+    p.add_argument("--threads", type=int, help="ONNX Runtime engines: intra-op threads (default: as built; on a "
+                   "small CPU, cores minus one leaves a core to capture and drawing)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--stats", help="write per-frame statistics as JSON lines (and the summary last)")
     p.add_argument("--width", type=int, help="camera capture width")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, why = resolve_engine(args.engine, Path(args.build_dir), args.backend)
         log(f"engine: {why}")
-        engine = SegmentationEngine(path)
+        engine = SegmentationEngine(path, args.threads)
         source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
                              reconnect_timeout=args.reconnect_timeout, log=log)
         info = source.open()

@@ -68,14 +68,16 @@ def _passed(path: Path) -> bool:
 class SegmentationEngine:
     """Loads an engine through its manifest and turns BGR frames into (h, w) uint8 class maps."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        """``threads``: ONNX Runtime's intra-op threads (default: the manifest's session settings). On a
+        small CPU, leaving a core to capture and drawing keeps the pipeline at the engine's pace."""
         try:
             self.manifest = read_manifest(path)
             if self.manifest.get("kind") != "engine":
                 raise RuntimeFault(f"{path} is a TensorRT-bound graph, not an engine; compile it on the GPU machine "
                                    "with python -m export build --backends tensorrt")
             self.runner: Runner = (_tensorrt_runner(path) if self.manifest["backend"] == "tensorrt"
-                                   else OnnxRuntimeRunner.from_engine(path))
+                                   else OnnxRuntimeRunner.from_engine(path, threads))
         except EngineError as exc:
             raise RuntimeFault(str(exc)) from None
         m = self.manifest

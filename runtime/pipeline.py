@@ -5,8 +5,10 @@
   ('stale').
 - Files and folders are throughput-first: every frame, in order, none dropped; capture blocks when
   inference is behind.
-- Inference submits frame n+1 before collecting frame n, so backends that can overlap copies with compute
-  (TensorRT's two buffer sets) never wait for the host.
+- The inference thread does nothing but submit and collect: preprocessing runs on the capture thread and
+  postprocessing (argmax, unless the engine has it inside) on the output thread, so the engine never waits
+  for decode or drawing. It submits frame n+1 before collecting frame n, so backends that can overlap
+  copies with compute (TensorRT's two buffer sets) never wait for the host either.
 """
 from __future__ import annotations
 
@@ -147,18 +149,21 @@ def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: l
                 frame = source.read()
                 if frame is None:
                     break
+                t0 = time.perf_counter()
+                item = (frame, engine.preprocess(frame.image), {"capture": frame.capture_seconds,
+                                                                "pre": time.perf_counter() - t0})
                 if isinstance(frames_in, _Latest):
-                    if frames_in.put(frame):
+                    if frames_in.put(item):
                         stats.dropped["stale"] += 1
                 else:
-                    put(frames_in, frame)
+                    put(frames_in, item)
         finally:
             if isinstance(frames_in, _Latest):
                 frames_in.put(_END)
             else:
                 put(frames_in, _END)
 
-    def next_frame() -> Frame | None:
+    def next_frame() -> tuple[Frame, dict, dict] | None:
         if isinstance(frames_in, _Latest):
             item = frames_in.get(stop)
         else:
@@ -177,23 +182,24 @@ def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: l
         done = 0
 
         def finish() -> None:
-            frame, ticket, timings, submitted = pending.popleft()
-            outputs_ = engine.runner.collect(ticket)
-            collected = time.perf_counter()
-            classes = engine.postprocess(outputs_)
-            timings["infer"] = collected - submitted
-            timings["post"] = time.perf_counter() - collected
-            put(results, Result(frame, classes, timings), always=True)
+            frame, ticket, timings = pending.popleft()
+            t0 = time.perf_counter()
+            raw = engine.runner.collect(ticket)
+            # Time spent in submit plus in collect: a synchronous backend does all its work in submit, an
+            # asynchronous one mostly waits in collect; neither counts the other frame's work in between.
+            timings["infer"] += time.perf_counter() - t0
+            put(results, (frame, raw, timings), always=True)
 
         try:
             while options.max_frames is None or done < options.max_frames:
-                frame = next_frame()
-                if frame is None:
+                item = next_frame()
+                if item is None:
                     break
+                frame, feed, timings = item
                 t0 = time.perf_counter()
-                feed = engine.preprocess(frame.image)
-                t1 = time.perf_counter()
-                pending.append((frame, engine.runner.submit(feed), {"capture": frame.capture_seconds, "pre": t1 - t0}, t1))
+                ticket = engine.runner.submit(feed)
+                timings["infer"] = time.perf_counter() - t0
+                pending.append((frame, ticket, timings))
                 done += 1
                 if len(pending) == 2:
                     finish()
@@ -214,9 +220,13 @@ def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: l
     def write_results() -> None:
         last_report = time.monotonic()
         while True:
-            item = results.get()
-            if item is _END:
+            got = results.get()
+            if got is _END:
                 return
+            frame, raw, timings = got
+            t0 = time.perf_counter()
+            item = Result(frame, engine.postprocess(raw), timings)
+            timings["post"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             text = f"{stats.fps():.1f} FPS  {1000 * sum(item.timings.values()):.0f} ms" if options.show_stats else None
             image = render(item.frame.image, item.classes, engine.legend, options.view, options.alpha,
