@@ -86,7 +86,8 @@ def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, s
         raise UserError(f"weights {path} hold a {type(state).__name__}, not a state dict; "
                         "save them with torch.save(model.state_dict(), path)")
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    # Auxiliary heads only serve training and are dropped at export: checkpoints may leave them out.
+    missing = [k for k in own if k not in state and not k.startswith("aux_heads.")]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
@@ -96,7 +97,7 @@ def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, s
                  f"shape mismatch: {few(shapes)}" if shapes else ""]
         raise UserError(f"weights {path} do not fit {cfg.name} with num_classes={cfg.num_classes}: "
                         + "; ".join(p for p in parts if p))
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # every deployed key was checked above
     return model.eval(), sha256_file(path)
 
 
@@ -179,19 +180,19 @@ class ModelBuild:
             atomic_write(self.dir / target / "rewritten.onnx", graph.SerializeToString())
             done = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "nothing to lower"
             log(f"  {self.cfg.name}: rewritten for {target} ({done})")
-            if target == "tensorrt":
-                self.check_tensorrt(graph)
             self._rewritten[target] = graph
         return self._rewritten[target]
 
-    def check_tensorrt(self, graph: onnx.ModelProto) -> None:
+    def check_tensorrt(self, graph: onnx.ModelProto, precision: str) -> None:
+        """The final TensorRT-bound graph (precision casts, Q/DQ and embedded I/O included) against the op
+        tables of every TensorRT version the pipeline targets."""
         for version in self.pipeline.tensorrt.check_versions:
             violations = compat.check_tensorrt_compat(graph, version)
             if violations:
                 more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
-                raise UserError(f"{self.cfg.name}: TensorRT-bound graph fails the compatibility check: "
+                raise UserError(f"{self.cfg.name} {precision}: TensorRT-bound graph fails the compatibility check: "
                                 f"{violations[0]}{more}")
-        log(f"  {self.cfg.name}: TensorRT-bound graph passes the op tables of TensorRT "
+        log(f"  {self.cfg.name} {precision}: TensorRT-bound graph passes the op tables of TensorRT "
             f"{', '.join(self.pipeline.tensorrt.check_versions)}")
 
     def calibration(self) -> tuple[list[np.ndarray], str]:
@@ -213,6 +214,8 @@ class ModelBuild:
             graph = to_int8(graph, batches, target, self.pipeline.calibration.method)
         if self.cfg.embed_pre_post:
             graph = embed_frame_io(graph, self.cfg.mean, self.cfg.std)
+        if target == "tensorrt":
+            self.check_tensorrt(graph, precision)
         atomic_write(self.dir / target / f"{precision}.onnx", graph.SerializeToString())
         return graph
 

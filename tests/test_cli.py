@@ -258,3 +258,18 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
     assert (classes == expected).mean() > 0.999
     assert main(["check", "--config", config]) == 0
     assert "n/a" in capsys.readouterr().out
+
+
+def test_tensorrt_bound_graph_with_an_unlowered_op_fails_the_build(tmp_path, monkeypatch, capsys):
+    """Without the criss-cross lowering, the TensorRT-bound CCNet graph keeps a seg:: node: the build names it."""
+    import export.build
+
+    monkeypatch.setattr(export.build, "apply_rewrites", lambda graph, target: (graph, {}))
+    monkeypatch.setattr(export.build, "tensorrt_reason", lambda: "no TensorRT in this test")
+    model = {"name": "ccnet", "num_classes": 4, "precisions": ["fp32"], "input": {"size": [64, 64]}}
+    config = tiny_pipeline(tmp_path, models=[model], backends=["tensorrt"])
+    assert main(["build", "--config", config]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ccnet fp32: TensorRT-bound graph fails the compatibility check: node")
+    assert "CrissCrossAttention" in err and "TensorRT 10.3" in err
+    assert not (tmp_path / "out" / "ccnet" / "tensorrt" / "fp32.onnx").exists()
