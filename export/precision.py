@@ -33,14 +33,42 @@ FP16_KEEP_FP32 = [
 TENSORRT_QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, extra_block: list[str] | None = None) -> onnx.ModelProto:
+    """Cast to FP16, keeping FP32 the ops in ``FP16_KEEP_FP32``, the nodes rewrites marked keep-float and the
+    nodes named in ``extra_block`` (e.g. those ``accuracy_guard.fp16_with_range_guard`` measured near FP16's
+    range)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
     out = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32,
-                                   node_block_list=keep_float_nodes(model))
+                                   node_block_list=keep_float_nodes(model) + list(extra_block or []))
     _drop_repeated_casts(out)
+    _drop_fp16_round_trips(out, inserted_after=model)
     return out
+
+
+def _drop_fp16_round_trips(model: onnx.ModelProto, inserted_after: onnx.ModelProto) -> None:
+    """Let nodes kept in FP32 read each other's outputs in FP32.
+
+    The float16 converter wraps each blocked node on its own: Cast to FP32 before it, Cast back to FP16 after
+    it, so a tensor between two blocked nodes still passes through FP16 (FP32 -> FP16 -> FP32) and a value
+    above 65504 becomes inf there. Each such round trip made of the converter's own Casts is cut: the
+    Cast-to-FP32 is fed the FP32 tensor directly (a no-op Cast, which ONNX Runtime and TensorRT drop), and a
+    Cast-to-FP16 left without readers is removed."""
+    original = {n.name for n in inserted_after.graph.node}
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast" and n.name not in original}
+
+    def casts_to(node: onnx.NodeProto, dtype: int) -> bool:
+        return any(a.name == "to" and a.i == dtype for a in node.attribute)
+
+    for node in casts.values():
+        first = casts.get(node.input[0])
+        if casts_to(node, onnx.TensorProto.FLOAT) and first is not None and casts_to(first, onnx.TensorProto.FLOAT16):
+            node.input[0] = first.input[0]
+    read = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    dead = [n for n in casts.values() if n.output[0] not in read]
+    for node in dead:
+        model.graph.node.remove(node)
 
 
 def _drop_repeated_casts(model: onnx.ModelProto) -> None:
@@ -90,7 +118,9 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=TENSORRT_QUANTIZED_OPS,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                           "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+                           "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                           # Q/DQ on the inputs only, the pattern TensorRT fuses; outputs stay float.
+                           "OpTypesToExcludeOutputQuantization": TENSORRT_QUANTIZED_OPS},
         )
     else:
         settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
