@@ -11,6 +11,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     from .config import BACKENDS, PRECISIONS
 
@@ -29,7 +39,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--models", type=_csv)
     c.add_argument("--out", help="folder the engines were built into (default: the pipeline's out_dir)")
     c.add_argument("--json", help="write the results as JSON")
-    c.add_argument("--report", help="write the results as a Markdown report")
+    c.add_argument("--report", help="write the results as a Markdown report (with --data: and plots in <stem>_files/)")
+    c.add_argument("--data", help="a labelled dataset: score PyTorch and every engine against its labels")
+    c.add_argument("--layout", choices=("auto", "cityscapes", "ade20k", "voc", "plain"),
+                   help="the dataset's folder layout (with --data; default: auto)")
+    c.add_argument("--limit", type=_positive, help="evaluate the first N images (with --data)")
+    c.add_argument("--batch", type=_positive, help="frames per call for batch throughput (with --data; default: 4)")
     sub.add_parser("list", help="registered models with parameter counts")
     return p
 
@@ -41,6 +56,10 @@ def _validate_choices(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         for v in getattr(args, name, None) or []:
             if v not in allowed:
                 p.error(f"--{name}: {v!r} is not one of {', '.join(allowed)}")
+    if args.command == "check" and args.data is None:
+        given = [f"--{k}" for k in ("layout", "limit", "batch") if getattr(args, k) is not None]
+        if given:
+            p.error(f"{', '.join(given)} only apply with --data DIR")
 
 
 def cmd_list() -> int:
@@ -77,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = build(pipeline, BuildOptions(args.models, args.precisions, args.backends, args.out, args.force, args.verify))
             built = sum(r["status"] == "built" for r in rows)
             print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
+            return 0
+        if args.data is not None:
+            from .evaluate import DataOptions, evaluate
+            from .report import render_text as render_data_text, write_reports as write_data_reports
+
+            result = evaluate(pipeline, DataOptions(args.data, args.layout or "auto", args.limit, args.batch or 4),
+                              args.models, args.out)
+            print(render_data_text(result))
+            write_data_reports(result, args.json, args.report)
             return 0
         from .check import check, machine_description, render_text, write_reports
 

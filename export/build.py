@@ -31,14 +31,16 @@ import engines.onnxruntime as ort_engine
 from engines.base import EngineError
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import create_model, get_spec
+from models.data import DataError, open_dataset
 
 from . import compat
 from .config import ModelConfig, Pipeline, class_names, palette
 from .errors import UserError
 from .images import list_images, preprocess, read_rgb, synthetic_scene
 from .frame_io import embed_frame_io
-from .metrics import compare, compare_classes
+from .metrics import compare, compare_classes, confusion, mean_iou
 from .onnx_export import OPSET, export_onnx
+from .accuracy_guard import fp16_with_range_guard, int8_with_budget
 from .precision import to_fp16, to_int8
 from .rewrites import apply_rewrites
 
@@ -164,6 +166,8 @@ class ModelBuild:
         self._rewritten: dict[str, onnx.ModelProto] = {}
         self._calibration: tuple[list[np.ndarray], str] | None = None
         self._samples: Samples | None = None
+        self._scorer = None
+        self.guard_reports: dict[tuple[str, str], dict] = {}
 
     # Shared, lazily computed stages ---------------------------------------------------------------------
     def exported(self) -> onnx.ModelProto:
@@ -200,6 +204,40 @@ class ModelBuild:
             self._calibration = calibration_set(self.pipeline, self.cfg)
         return self._calibration
 
+    def accuracy_scorer(self):
+        """(PyTorch's mIoU in points, a function scoring a graph's mIoU in points) on accuracy.data."""
+        if self._scorer is None:
+            acc = self.pipeline.accuracy
+            try:
+                dataset = open_dataset(self.pipeline.resolve(acc.data), acc.layout, limit=acc.limit)
+                if dataset.num_classes != self.cfg.num_classes:
+                    raise UserError(f"accuracy.data {acc.data} has {dataset.num_classes} classes, {self.cfg.name} "
+                                    f"has num_classes={self.cfg.num_classes}")
+                items = [dataset[i] for i in range(len(dataset))]
+            except DataError as exc:
+                raise UserError(f"accuracy.data: {exc}") from None
+            h, w = self.cfg.input.size
+            images = [preprocess(img, (h, w), self.cfg.mean, self.cfg.std) for img, _ in items]
+            labels = [cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) for _, lab in items]
+            n = self.cfg.num_classes
+
+            def miou(predictions) -> float:
+                conf = np.zeros((n, n), np.int64)
+                for pred, label in zip(predictions, labels):
+                    valid = label != 255
+                    conf += confusion(pred[valid], label[valid], n)
+                return 100 * mean_iou(conf)
+
+            with torch.no_grad():
+                reference = miou(self.model(torch.from_numpy(x)).argmax(1)[0].numpy() for x in images)
+
+            def score(graph: onnx.ModelProto) -> float:
+                with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.pipeline.onnxruntime.threads) as r:
+                    return miou(r.infer({"images": x})["logits"].argmax(1)[0] for x in images)
+
+            self._scorer = (reference, score)
+        return self._scorer
+
     def samples(self) -> Samples:
         if self._samples is None:
             self._samples = sample_inputs(self.pipeline, self.cfg, self.pipeline.parity.num_inputs, self.model)
@@ -207,8 +245,24 @@ class ModelBuild:
 
     def precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
         graph = self.rewritten(target)
-        if precision == "fp16":
+        acc = self.pipeline.accuracy
+        if precision == "fp16" and acc.fp16_guard and self.pipeline.calibration.images:
+            graph, report = fp16_with_range_guard(graph, self.calibration()[0])
+            self.guard_reports[(target, precision)] = report
+            kept = [r["node"] for r in report["kept"] if not r["already_fp32"]]
+            if kept:
+                log(f"  {self.cfg.name} fp16 {target}: kept {len(kept)} node(s) in FP32, values up to "
+                    f"{report['largest']:.3g} on the calibration images: {', '.join(kept[:4])}")
+        elif precision == "fp16":
             graph = to_fp16(graph)
+        elif precision == "int8" and acc.data:
+            reference, score = self.accuracy_scorer()
+            graph, report = int8_with_budget(graph, self.calibration()[0], target, self.pipeline.calibration.method,
+                                             score, reference, acc.budget_miou, acc.max_fallback)
+            self.guard_reports[(target, precision)] = report
+            kept = ", ".join(k["node"] for k in report["kept"]) or "none"
+            log(f"  {self.cfg.name} int8 {target}: mIoU {report['final_score']:.2f} vs PyTorch {reference:.2f} "
+                f"(budget {acc.budget_miou}) {'held' if report['held'] else 'NOT held'}; layers kept in float: {kept}")
         elif precision == "int8":
             batches, _ = self.calibration()
             graph = to_int8(graph, batches, target, self.pipeline.calibration.method)
@@ -226,8 +280,11 @@ class ModelBuild:
             "backend": backend, "backend_version": backend_version, "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxruntime": ort_engine.VERSION,
         }
-        if precision == "int8":
+        if precision == "int8" or (precision == "fp16" and self.pipeline.accuracy.fp16_guard
+                                   and self.pipeline.calibration.images):
             parts["calibration"] = self.calibration()[1]
+        if precision != "fp32":
+            parts["accuracy"] = asdict(self.pipeline.accuracy)
         if backend == "tensorrt":
             parts["tensorrt"] = asdict(self.pipeline.tensorrt)
         else:
@@ -358,6 +415,7 @@ class ModelBuild:
             "build_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 2),
             "parity": parity,
+            "precision_guard": self.guard_reports.get((backend, precision)),
         }
 
 

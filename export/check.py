@@ -2,7 +2,8 @@
 
 Accuracy is agreement with PyTorch (logit error, pixel agreement, mIoU of engine predictions against
 PyTorch's). Speed is PyTorch eager against the engine on the same CPU with the same thread count,
-measured in one run so that the ratio holds on a noisy machine.
+measured in one run so that the ratio holds on a noisy machine. Against a labelled dataset (``--data``):
+export/evaluate.py, which reuses the artifact discovery and loading here.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _latency(fn, inputs: list[np.ndarray], warmup: int, iterations: int) -> dict
             "throughput_fps": float(1000 / ms.mean())}
 
 
-def _artifacts(out: Path, model: str) -> list[Path]:
+def artifacts(out: Path, model: str) -> list[Path]:
     """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound graphs."""
     found = []
     order = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -45,7 +46,8 @@ def _artifacts(out: Path, model: str) -> list[Path]:
     return found
 
 
-def _runner(path: Path, threads: int):
+def open_artifact(path: Path, threads: int):
+    """The artifact's manifest, a runner for it (None where its backend is missing here) and how it is run."""
     try:
         return _open(path, threads)
     except EngineError as exc:
@@ -77,8 +79,8 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
     for cfg in pipeline.models:
         if models and cfg.name not in models:
             continue
-        artifacts = _artifacts(out, cfg.name)
-        if not artifacts:
+        found = artifacts(out, cfg.name)
+        if not found:
             raise UserError(f"{cfg.name}: nothing built in {out / cfg.name}; run python -m export build first")
         model, _ = load_model(cfg, pipeline)
         samples = sample_inputs(pipeline, cfg, cfg_check.num_images, model)
@@ -86,8 +88,8 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             eager = _latency(lambda x: model(torch.from_numpy(x)), samples.tensors, cfg_check.warmup, cfg_check.iterations)
         log(f"{cfg.name}: PyTorch eager p50 {eager['p50_ms']:.1f} ms at {cfg.input.size[0]}x{cfg.input.size[1]}, "
             f"{threads} threads")
-        for path in artifacts:
-            manifest, runner, how = _runner(path, threads)
+        for path in found:
+            manifest, runner, how = open_artifact(path, threads)
             row = {"model": cfg.name, "precision": manifest["precision"], "backend": manifest["backend"],
                    "kind": manifest.get("kind", "engine"), "run_with": how, "artifact": str(path),
                    "size": cfg.input.size, "threads": threads, "pytorch": eager}

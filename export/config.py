@@ -69,6 +69,21 @@ class Calibration:
 
 
 @dataclass
+class Accuracy:
+    """Precision must not silently cost accuracy. With ``data`` (a labelled folder, any layout ``export check
+    --data`` reads), INT8 graphs are scored against the labels and, when they lose more than ``budget_miou``
+    mIoU points against PyTorch, the most sensitive layers are kept in float (at most ``max_fallback``).
+    ``fp16_guard`` keeps in FP32 the nodes whose values come near FP16's range on the calibration images."""
+
+    data: Optional[str] = None
+    layout: Literal["auto", "cityscapes", "ade20k", "voc", "plain"] = "auto"
+    limit: int = 20  # evaluation images (each sensitivity step re-scores them)
+    budget_miou: float = 0.5
+    max_fallback: int = 8
+    fp16_guard: bool = True
+
+
+@dataclass
 class Threshold:
     """Parity of an engine with PyTorch, measured at build. ``None`` disables that bound."""
 
@@ -117,6 +132,7 @@ class Pipeline:
     out_dir: str = "build"
     backends: list[Backend] = field(default_factory=lambda: ["onnxruntime", "tensorrt"])
     calibration: Calibration = field(default_factory=Calibration)
+    accuracy: Accuracy = field(default_factory=Accuracy)
     parity: Parity = field(default_factory=Parity)
     check: Check = field(default_factory=Check)
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)

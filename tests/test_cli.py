@@ -273,3 +273,32 @@ def test_tensorrt_bound_graph_with_an_unlowered_op_fails_the_build(tmp_path, mon
     assert err.startswith("error: ccnet fp32: TensorRT-bound graph fails the compatibility check: node")
     assert "CrissCrossAttention" in err and "TensorRT 10.3" in err
     assert not (tmp_path / "out" / "ccnet" / "tensorrt" / "fp32.onnx").exists()
+
+
+def test_accuracy_budget_and_fp16_guard_are_recorded(tmp_path):
+    """With accuracy.data, INT8 is scored against labels and the guard's report lands in the manifest."""
+    from models.data import write_dataset
+
+    write_dataset(tmp_path / "val", 3, size=(64, 64), seed=5)
+    model = {"name": "bisenetv2", "num_classes": 10, "precisions": ["fp16", "int8"], "input": {"size": [64, 64]}}
+    config = tiny_pipeline(tmp_path, models=[model], accuracy={"data": "val", "budget_miou": 100.0},
+                           parity={"num_inputs": 1, "int8": {"min_pixel_agreement": 0.0},
+                                   "fp16": {"min_pixel_agreement": 0.0}})
+    result = cli("build", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert "mIoU" in result.stderr and "held" in result.stderr
+    guard = read_manifest(engine(tmp_path, "int8"))["precision_guard"]
+    assert guard["held"] and guard["budget"] == 100.0 and guard["kept"] == []
+    assert 0 <= guard["final_score"] <= 100 and guard["evaluations"] == 1
+    fp16 = read_manifest(engine(tmp_path, "fp16"))["precision_guard"]
+    assert fp16["limit"] == 0.5 * 65504 and fp16["kept"] == []  # a tame net: nothing near FP16's range
+
+
+def test_accuracy_data_with_other_classes_is_refused(tmp_path):
+    from models.data import write_dataset
+
+    write_dataset(tmp_path / "val", 2, size=(64, 64), seed=5)
+    model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["int8"], "input": {"size": [64, 64]}}
+    result = cli("build", "--config", tiny_pipeline(tmp_path, models=[model], accuracy={"data": "val"}))
+    assert result.returncode == 1
+    assert "accuracy.data val has 10 classes, bisenetv2 has num_classes=4" in result.stderr.splitlines()[-1]
