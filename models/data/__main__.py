@@ -1,0 +1,28 @@
+"""``python -m models.data --out DIR``: write labelled synthetic street scenes in the plain layout
+(images/, masks/, classes.txt), e.g. as an evaluation set for ``pipeline.yaml``'s ``accuracy.data``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .synthetic import write_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.data", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", default="256x512", help="HxW")
+    p.add_argument("--seed", type=int, default=1_000_000, help="first scene's seed (training uses seeds below 1e6)")
+    args = p.parse_args(argv)
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        p.error(f"--size: expected HxW, got {args.size!r}")
+    root = write_dataset(args.out, args.count, (h, w), args.seed)
+    print(f"wrote {args.count} scenes of {h}x{w} to {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
