@@ -383,10 +383,15 @@ class ModelBuild:
             problems.append(f"max abs logit error {parity['max_abs_error']:.3g} > {threshold.max_abs_error:g}")
         if threshold.min_pixel_agreement is not None and parity["pixel_agreement"] < threshold.min_pixel_agreement:
             problems.append(f"pixel agreement {parity['pixel_agreement']:.4f} < {threshold.min_pixel_agreement:g}")
+        guard = self.guard_reports.get((backend, precision)) or {}
+        if guard.get("held") is False:
+            problems.append(f"mIoU {guard['final_score']:.2f} is more than accuracy.budget_miou {guard['budget']:g} "
+                            f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) in float")
         parity["passed"] = not problems
         if problems and self.options.verify:
             raise UserError(f"{self.cfg.name} {precision} {backend}: parity with PyTorch failed ({'; '.join(problems)}); "
-                            f"the previous artifact is kept. Loosen parity.{precision} in pipeline.yaml or pass --no-verify")
+                            f"the previous artifact is kept. Loosen parity.{precision} or accuracy in pipeline.yaml, "
+                            "or pass --no-verify")
         if problems:
             log(f"  warning: {self.cfg.name} {precision} {backend}: parity failed ({'; '.join(problems)}), kept (--no-verify)")
 

@@ -302,3 +302,19 @@ def test_accuracy_data_with_other_classes_is_refused(tmp_path):
     result = cli("build", "--config", tiny_pipeline(tmp_path, models=[model], accuracy={"data": "val"}))
     assert result.returncode == 1
     assert "accuracy.data val has 10 classes, bisenetv2 has num_classes=4" in result.stderr.splitlines()[-1]
+
+
+def test_missed_accuracy_budget_fails_the_build(tmp_path):
+    """A budget no INT8 graph can meet (negative: better than PyTorch) with no fallback allowed: the build says so."""
+    from models.data import write_dataset
+
+    write_dataset(tmp_path / "val", 2, size=(64, 64), seed=5)
+    model = {"name": "bisenetv2", "num_classes": 10, "precisions": ["int8"], "input": {"size": [64, 64]}}
+    config = tiny_pipeline(tmp_path, models=[model],
+                           accuracy={"data": "val", "budget_miou": -100.0, "max_fallback": 0},
+                           parity={"num_inputs": 1, "int8": {"min_pixel_agreement": 0.0}})
+    result = cli("build", "--config", config)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "is more than accuracy.budget_miou -100" in last and "--no-verify" in last
+    assert not engine(tmp_path, "int8").exists()
