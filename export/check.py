@@ -8,7 +8,6 @@ export/evaluate.py, which reuses the artifact discovery and loading here.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,11 @@ from engines.onnxruntime import OnnxRuntimeRunner
 from .build import agreement, engine_outputs, load_model, log, sample_inputs
 from .config import Pipeline
 from .errors import UserError
+from .speed import latency_summary, timed_calls
 
 
-def _latency(fn, inputs: list[np.ndarray], warmup: int, iterations: int) -> dict[str, float]:
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    times = []
-    for i in range(iterations):
-        t = time.perf_counter()
-        fn(inputs[i % len(inputs)])
-        times.append(time.perf_counter() - t)
-    ms = np.asarray(times) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "throughput_fps": float(1000 / ms.mean())}
+def _latency(fn, inputs: list, warmup: int, iterations: int) -> dict:
+    return latency_summary(timed_calls(fn, inputs, warmup, iterations), frames_per_call=1)
 
 
 def artifacts(out: Path, model: str) -> list[Path]:
