@@ -386,7 +386,8 @@ class ModelBuild:
         guard = self.guard_reports.get((backend, precision)) or {}
         if guard.get("held") is False:
             problems.append(f"mIoU {guard['final_score']:.2f} is more than accuracy.budget_miou {guard['budget']:g} "
-                            f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) in float")
+                            f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) or "
+                            "op type(s) kept in float")
         parity["passed"] = not problems
         if problems and self.options.verify:
             raise UserError(f"{self.cfg.name} {precision} {backend}: parity with PyTorch failed ({'; '.join(problems)}); "

@@ -240,7 +240,7 @@ def evaluate_model(pipeline: Pipeline, cfg: ModelConfig, paths: list[Path], data
             row = {"model": cfg.name, "source": f"{manifest['precision']} {manifest['backend']}"
                    + (" graph" if kind == "graph" else ""), "precision": manifest["precision"],
                    "backend": manifest["backend"], "kind": kind, "run_with": how, "artifact": str(path),
-                   "file_bytes": path.stat().st_size}
+                   "file_bytes": path.stat().st_size, "precision_guard": manifest.get("precision_guard")}
             rows.append(row)
             if runner is None:
                 row["skipped"] = how

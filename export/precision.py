@@ -33,6 +33,16 @@ FP16_KEEP_FP32 = [
 TENSORRT_QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
+def quantized_op_types(target: str) -> list[str]:
+    """The op types each INT8 placement quantizes: TensorRT's four fused layers, or every op ONNX Runtime's
+    quantizer has a QDQ or QLinear rule for (its own default when ``op_types_to_quantize`` is not given)."""
+    if target == "tensorrt":
+        return list(TENSORRT_QUANTIZED_OPS)
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+
 def to_fp16(model: onnx.ModelProto, extra_block: list[str] | None = None) -> onnx.ModelProto:
     """Cast to FP16, keeping FP32 the ops in ``FP16_KEEP_FP32``, the nodes rewrites marked keep-float and the
     nodes named in ``extra_block`` (e.g. those ``accuracy_guard.fp16_with_range_guard`` measured near FP16's
@@ -116,14 +126,15 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
     if target == "tensorrt":
         settings = dict(
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=TENSORRT_QUANTIZED_OPS,
+            op_types_to_quantize=quantized_op_types(target),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                            "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
                            # Q/DQ on the inputs only, the pattern TensorRT fuses; outputs stay float.
                            "OpTypesToExcludeOutputQuantization": TENSORRT_QUANTIZED_OPS},
         )
     else:
-        settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=quantized_op_types(target))
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
     with tempfile.TemporaryDirectory() as tmp:
         src, prep, out = (Path(tmp) / n for n in ("in.onnx", "prep.onnx", "int8.onnx"))

@@ -113,6 +113,7 @@ def render_markdown(result: dict) -> str:
                   "|---|" + "---|" * len(rows)]
         for c, cls in enumerate(data["classes"]):
             lines.append(f"| {cls} | " + " | ".join(_fmt(r["accuracy"]["per_class_iou"][c], ".4f") for r in rows) + " |")
+        lines += guard_lines([r for r in result["rows"] if r["model"] == name])
         plots = result.get("plots", {}).get(name, {})
         for key, title in (("iou", "Per-class IoU"), ("confusion", "Confusion matrices (rows: label, normalized)"),
                            ("latency", "Latency per call")):
@@ -154,6 +155,32 @@ def render_markdown(result: dict) -> str:
               "previous ones: freed memory is handed back first (malloc_trim).",
               "- **Size**: the engine file on disk.", ""]
     return "\n".join(lines)
+
+
+def guard_lines(rows: list[dict]) -> list[str]:
+    """What the build's accuracy guards (export/accuracy_guard.py) did to each engine, from its manifest."""
+    lines = []
+    for r in rows:
+        guard = r.get("precision_guard")
+        if not guard:
+            continue
+        if "budget" in guard:  # INT8 sensitivity fallback
+            kept = "; ".join(f"{k['node']} ({k['op_type']}" + (f", {len(k['nodes'])} nodes" if len(k.get("nodes", [])) > 1
+                                                               else "") + f", {k['recovered']:+.2f})"
+                             for k in guard["kept"]) or "none"
+            lines.append(f"- {r['source']}: INT8 mIoU at build {guard['initial_score']:.2f} -> {guard['final_score']:.2f} "
+                         f"against PyTorch's {guard['reference_score']:.2f} (budget {guard['budget']:g}: "
+                         f"{'held' if guard['held'] else 'NOT held'}, {guard['evaluations']} evaluations); kept in "
+                         f"float, with the points each recovered: {kept}.")
+        else:  # FP16 range guard
+            added = [k["node"] for k in guard["kept"] if not k["already_fp32"]]
+            lines.append(f"- {r['source']}: FP16 range guard, largest |value| {guard['largest']:.3g} on the calibration "
+                         f"images; kept in FP32 beyond the op-type rules: {', '.join(added[:8]) or 'none'}"
+                         + (f" (+{len(added) - 8} more)" if len(added) > 8 else "") + ".")
+    if lines:
+        lines = ["", "Precision guards (at build, scored on `accuracy.data`; `python -m export build` logs the same):",
+                 ""] + lines
+    return lines
 
 
 # Plots --------------------------------------------------------------------------------------------------

@@ -113,9 +113,12 @@ def test_int8_fallback_keeps_the_sensitive_layers_and_holds_the_budget(fragile, 
     quantized = {n.name for n in model.graph.node if n.op_type == "Conv"
                  and any(i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input[1:])}
     assert quantized == set(convs) - set(kept)
-    # Cost: 1 initial + one single-exclusion per candidate + a re-ranking step per further kept layer.
-    k = report["candidates"]
+    # Cost: 1 initial + one single-exclusion per candidate (layers and op types) + a re-ranking step per further
+    # kept one.
+    k = min(8, report["candidates"]) + len(report["op_types"])
     assert report["evaluations"] == 1 + sum(k - i for i in range(len(kept)))
+    if target == "tensorrt":
+        assert report["op_types"] == []  # the TensorRT placement quantizes the layers only
 
 
 def test_int8_reports_a_missed_budget(fragile):
@@ -127,6 +130,56 @@ def test_int8_reports_a_missed_budget(fragile):
                                  budget=2.0, top_k=1)
     assert not report["held"] and report["evaluations"] == 2 and len(report["kept"]) == 1
     assert report["initial_score"] < report["final_score"] < 98.0
+
+
+class ResidualNet(nn.Module):
+    """Two residual blocks: Conv -> ReLU -> Conv, summed with the block's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+                                    for _ in range(2))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for block in self.blocks:
+            h = torch.relu(h + block(h))
+        return self.head(h)
+
+
+def reads_dequantized(model: onnx.ModelProto, op_type: str) -> list[str]:
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == op_type and any(i in dq for i in n.input)]
+
+
+def integer_nodes(model: onnx.ModelProto, op_type: str) -> list[str]:
+    """Nodes of ``op_type`` that ONNX Runtime runs as integer kernels: dequantized inputs, quantized output."""
+    q = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [name for name in reads_dequantized(model, op_type)
+            if any(n.name == name and n.output[0] in q for n in model.graph.node)]
+
+
+def test_int8_fallback_keeps_an_op_type_in_float_on_the_cpu_placement():
+    """ONNX Runtime's CPU placement also runs the residual Adds in INT8 (ReLU folded into their output
+    Q/DQ). The search offers every Add as one candidate; a score that charges each integer Add shows that it
+    finds and keeps that group in float, while every Conv stays INT8."""
+    fp32 = export(ResidualNet())
+
+    def score(model: onnx.ModelProto) -> float:
+        return 100.0 - 5.0 * len(integer_nodes(model, "Add"))
+
+    model, report = int8_with_budget(fp32, smooth_fields(4, seed=1), "onnxruntime", "minmax", score,
+                                     reference_score=100.0, budget=1.0)
+    print({k: report[k] for k in ("initial_score", "final_score", "op_types")}, report["kept"])
+    assert report["initial_score"] == 90.0, "both Adds must be quantized at first, or the test tests nothing"
+    assert "Add" in report["op_types"] and report["held"] and report["final_score"] == 100.0
+    adds = [n.name for n in fp32.graph.node if n.op_type == "Add"]
+    assert [(k["node"], sorted(k["nodes"])) for k in report["kept"]] == [("every Add", sorted(adds))]
+    assert integer_nodes(model, "Add") == [] and len(reads_dequantized(model, "Conv")) == 6
+    single = next(row for row in report["sensitivity"] if row["node"] == "every Add")
+    assert single["proxy"] is None and single["recovered"] == 10.0
 
 
 def test_int8_within_budget_costs_one_evaluation():

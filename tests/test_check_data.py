@@ -180,3 +180,24 @@ def test_class_count_mismatch_names_both(checked, tmp_path, capsys):
     assert main(["check", "--config", config, "--data", str(data)]) == 1
     line = one_error_line(capsys)
     assert "5 classes" in line and "bisenetv2 predicts 4" in line
+
+
+def test_report_lists_what_the_precision_guards_kept():
+    from export.report import guard_lines
+
+    int8 = {"budget": 0.5, "initial_score": 24.24, "final_score": 30.45, "reference_score": 30.91, "held": True,
+            "evaluations": 46, "kept": [
+                {"node": "node_conv2d_55", "op_type": "Conv", "nodes": ["node_conv2d_55"], "recovered": 5.92},
+                {"node": "every Add", "op_type": "Add", "nodes": [f"add_{i}" for i in range(10)], "recovered": 0.1}]}
+    fp16 = {"limit": 32752.0, "largest": 1.2e5, "kept": [
+        {"node": "conv_7", "op_type": "Conv", "already_fp32": False},
+        {"node": "softmax_1", "op_type": "Softmax", "already_fp32": True}]}
+    lines = guard_lines([{"source": "int8 onnxruntime", "precision_guard": int8},
+                         {"source": "fp16 onnxruntime", "precision_guard": fp16},
+                         {"source": "fp32 onnxruntime", "precision_guard": None}])
+    text = "\n".join(lines)
+    assert "int8 onnxruntime: INT8 mIoU at build 24.24 -> 30.45 against PyTorch's 30.91 (budget 0.5: held" in text
+    assert "node_conv2d_55 (Conv, +5.92); every Add (Add, 10 nodes, +0.10)" in text
+    assert "fp16 onnxruntime: FP16 range guard, largest |value| 1.2e+05" in text and "beyond the op-type rules: conv_7." in text
+    assert "fp32" not in text
+    assert guard_lines([{"source": "fp32 onnxruntime", "precision_guard": None}]) == []
