@@ -72,7 +72,8 @@ class Calibration:
 class Accuracy:
     """Precision must not silently cost accuracy. With ``data`` (a labelled folder, any layout ``export check
     --data`` reads), INT8 graphs are scored against the labels and, when they lose more than ``budget_miou``
-    mIoU points against PyTorch, the most sensitive layers are kept in float (at most ``max_fallback``).
+    mIoU points against PyTorch, the most sensitive layers (or, in ONNX Runtime's CPU placement, whole op types
+    such as every Add) are kept in float, at most ``max_fallback`` of them (export/accuracy_guard.py).
     ``fp16_guard`` keeps in FP32 the nodes whose values come near FP16's range on the calibration images."""
 
     data: Optional[str] = None
