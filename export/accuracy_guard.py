@@ -345,7 +345,7 @@ def fp16_with_range_guard(fp32_model: onnx.ModelProto, calibration: list[np.ndar
 
     Returns the FP16 graph and a report: ``limit``, ``kept`` (node, op type, the tensor and magnitude that
     triggered it, why, and whether the op-type rules had kept it in FP32 anyway), ``largest`` (the biggest
-    magnitude measured anywhere).
+    magnitude measured anywhere), ``largest_finite`` and ``non_finite_tensors`` (how many hold inf or NaN).
     """
     if not 0 < margin <= 1:
         raise ValueError(f"margin={margin}: expected 0 < margin <= 1 (a fraction of FP16's largest value)")
@@ -376,7 +376,10 @@ def fp16_with_range_guard(fp32_model: onnx.ModelProto, calibration: list[np.ndar
                            f"converter blocks nodes by name: name every node before converting")
     model = to_fp16(fp32_model, extra_block=sorted(kept))
     report = {"margin": margin, "limit": limit, "kept": sorted(kept.values(), key=lambda r: -r["max_abs"]),
-              "largest": max(magnitude.values(), default=0.0)}
+              "largest": max(magnitude.values(), default=0.0),
+              # inf is usually on purpose (the -inf masks of lowered attention); what is finite shows the headroom.
+              "largest_finite": max((v for v in magnitude.values() if np.isfinite(v)), default=0.0),
+              "non_finite_tensors": sum(1 for v in magnitude.values() if not np.isfinite(v))}
     if report["kept"]:
         log.info("FP16 range guard keeps %d node(s) in FP32 (largest |value| %.3g)", len(kept), report["largest"])
     return model, report

@@ -174,8 +174,11 @@ def guard_lines(rows: list[dict]) -> list[str]:
                          f"float, with the points each recovered: {kept}.")
         else:  # FP16 range guard
             added = [k["node"] for k in guard["kept"] if not k["already_fp32"]]
-            lines.append(f"- {r['source']}: FP16 range guard, largest |value| {guard['largest']:.3g} on the calibration "
-                         f"images; kept in FP32 beyond the op-type rules: {', '.join(added[:8]) or 'none'}"
+            largest = guard.get("largest_finite", guard["largest"])
+            infinite = guard.get("non_finite_tensors", 0)
+            lines.append(f"- {r['source']}: FP16 range guard, largest finite |value| {largest:.3g} on the calibration "
+                         "images" + (f" ({infinite} tensor(s) hold inf/NaN, e.g. attention masks)" if infinite else "")
+                         + f"; kept in FP32 beyond the op-type rules: {', '.join(added[:8]) or 'none'}"
                          + (f" (+{len(added) - 8} more)" if len(added) > 8 else "") + ".")
     if lines:
         lines = ["", "Precision guards (at build, scored on `accuracy.data`; `python -m export build` logs the same):",

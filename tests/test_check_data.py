@@ -189,7 +189,7 @@ def test_report_lists_what_the_precision_guards_kept():
             "evaluations": 46, "kept": [
                 {"node": "node_conv2d_55", "op_type": "Conv", "nodes": ["node_conv2d_55"], "recovered": 5.92},
                 {"node": "every Add", "op_type": "Add", "nodes": [f"add_{i}" for i in range(10)], "recovered": 0.1}]}
-    fp16 = {"limit": 32752.0, "largest": 1.2e5, "kept": [
+    fp16 = {"limit": 32752.0, "largest": float("inf"), "largest_finite": 1.2e5, "non_finite_tensors": 2, "kept": [
         {"node": "conv_7", "op_type": "Conv", "already_fp32": False},
         {"node": "softmax_1", "op_type": "Softmax", "already_fp32": True}]}
     lines = guard_lines([{"source": "int8 onnxruntime", "precision_guard": int8},
@@ -198,6 +198,7 @@ def test_report_lists_what_the_precision_guards_kept():
     text = "\n".join(lines)
     assert "int8 onnxruntime: INT8 mIoU at build 24.24 -> 30.45 against PyTorch's 30.91 (budget 0.5: held" in text
     assert "node_conv2d_55 (Conv, +5.92); every Add (Add, 10 nodes, +0.10)" in text
-    assert "fp16 onnxruntime: FP16 range guard, largest |value| 1.2e+05" in text and "beyond the op-type rules: conv_7." in text
+    assert "fp16 onnxruntime: FP16 range guard, largest finite |value| 1.2e+05 on the calibration images (2 tensor(s) " \
+           "hold inf/NaN" in text and "beyond the op-type rules: conv_7." in text
     assert "fp32" not in text
     assert guard_lines([{"source": "fp32 onnxruntime", "precision_guard": None}]) == []
