@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,26 @@ def write_manifest(engine_path: Path, manifest: dict) -> Path:
 def write_engine(engine_path: Path, data: bytes, manifest: dict) -> None:
     """Replace an engine and its manifest as a pair. Each file is written atomically, and Ctrl-C / SIGTERM
     are held back between the two renames, so an interrupt never leaves a new engine beside an old manifest
-    (which would load as 'changed file')."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    (which would load as 'changed file').
+
+    Holding back means swapping the Python handlers for one that only records the signal, and raising it
+    again once both files are in place. (Blocking with pthread_sigmask is not enough: it blocks the calling
+    thread only, the kernel then hands the signal to another thread, e.g. one of ONNX Runtime's, and Python
+    raises KeyboardInterrupt in the main thread all the same.) Handlers can only be set from the main
+    thread; elsewhere the pair is written without the hold."""
+    held: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         atomic_write(engine_path, data)
         write_manifest(engine_path, manifest)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def read_manifest(engine_path: Path) -> dict:

@@ -142,6 +142,44 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["fp32.engine.onnx"]
 
 
+def test_interrupt_between_engine_and_manifest_is_held_back(tmp_path, monkeypatch):
+    """Ctrl-C right after the new engine is in place: the manifest is still written, then the interrupt comes.
+    The signal goes to another thread, as the kernel may do with a process-wide signal in a process with
+    ONNX Runtime's threads; Python runs the handler in the main thread all the same."""
+    import signal
+    import threading
+
+    import engines.manifest as manifest_module
+    from engines.manifest import sha256_bytes, write_engine
+
+    path = tmp_path / "fp32.engine.onnx"
+    write_engine(path, b"old engine", {"engine": {"sha256": sha256_bytes(b"old engine")}})
+    go, done = threading.Event(), threading.Event()
+
+    def other_thread():
+        go.wait()
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        done.set()
+
+    threading.Thread(target=other_thread, daemon=True).start()
+    real = manifest_module.atomic_write
+
+    def engine_then_interrupt(target, data):
+        real(target, data)
+        if target == path:
+            go.set()
+            done.wait(5)
+            for _ in range(1000):  # bytecodes in which Python would raise a pending KeyboardInterrupt
+                pass
+
+    monkeypatch.setattr(manifest_module, "atomic_write", engine_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_engine(path, b"new engine", {"engine": {"sha256": sha256_bytes(b"new engine")}})
+    assert path.read_bytes() == b"new engine"
+    assert read_manifest(path)["engine"]["sha256"] == sha256_bytes(b"new engine")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _state_dict_file(path, model_name, num_classes):
     from models import create_model
 
