@@ -173,11 +173,16 @@ def test_interrupt_between_engine_and_manifest_is_held_back(tmp_path, monkeypatc
                 pass
 
     monkeypatch.setattr(manifest_module, "atomic_write", engine_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        write_engine(path, b"new engine", {"engine": {"sha256": sha256_bytes(b"new engine")}})
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job starts with SIGINT ignored).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_engine(path, b"new engine", {"engine": {"sha256": sha256_bytes(b"new engine")}})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert path.read_bytes() == b"new engine"
     assert read_manifest(path)["engine"]["sha256"] == sha256_bytes(b"new engine")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _state_dict_file(path, model_name, num_classes):
