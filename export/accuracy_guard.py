@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import onnx
@@ -109,39 +109,39 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
         report["evaluations"] = evaluations
         return model, report
 
-    already_float = set(keep_float_nodes(fp32_model))
-    layers = [n for n in _quantized_compute_nodes(model) if n.name not in already_float]
-    proxy = _proxy_errors(_prepare_like_to_int8(fp32_model), model, [n.name for n in layers],
-                          calibration[:PROXY_BATCHES])
-    # A candidate: (label, op type, node names kept in float together, proxy or None).
-    shortlist = [(name, next(n.op_type for n in layers if n.name == name), [name], proxy[name])
+    quantized = _quantized_nodes(model, set(keep_float_nodes(fp32_model)))
+    layer_op = {n.name: n.op_type for n in quantized if n.op_type in TENSORRT_QUANTIZED_OPS}
+    # The other op types the placement quantizes: every node of one type is a single candidate.
+    other_types = set(quantized_op_types(target)) - set(TENSORRT_QUANTIZED_OPS)
+    groups: dict[str, list[str]] = {}
+    for n in quantized:
+        if n.op_type in other_types:
+            groups.setdefault(n.op_type, []).append(n.name)
+    proxy = _proxy_errors(_prepare_like_to_int8(fp32_model), model, list(layer_op), calibration[:PROXY_BATCHES])
+    shortlist = [_Candidate(name, layer_op[name], [name], proxy[name])
                  for name in sorted(proxy, key=lambda name: -proxy[name])[:top_k]]
-    groups = _quantized_op_type_groups(model, target, already_float)
-    shortlist += [(f"every {op}", op, names, None) for op, names in groups.items()]
-    report.update(candidates=len(layers), op_types=sorted(groups))
+    shortlist += [_Candidate(f"every {op}", op, names, None) for op, names in groups.items()]
+    report.update(candidates=len(layer_op), op_types=sorted(groups))
     log.info("INT8 score %.3f misses %.3f - %.3f; analysing %d of %d layers and %d op types", initial,
-             reference_score, budget, len(shortlist) - len(groups), len(layers), len(groups))
-
-    def worse_proxy(a, b) -> bool:  # ties go to the layer the proxy finds worse; op types come last
-        return (a[3] if a[3] is not None else -1.0) > (b[3] if b[3] is not None else -1.0)
+             reference_score, budget, len(shortlist) - len(groups), len(layer_op), len(groups))
 
     kept: list[str] = []
     score = initial
     while shortlist and len(report["kept"]) < max_fallback:
         best, best_model, best_score = None, None, -np.inf
         for candidate in shortlist:
-            label, op, names, layer_proxy = candidate
-            trial_model, trial_score = quantize_and_score(kept + names)
+            trial_model, trial_score = quantize_and_score(kept + candidate.nodes)
             if not kept:
-                report["sensitivity"].append({"node": label, "op_type": op, "proxy": layer_proxy,
-                                              "recovered": trial_score - initial})
-            if trial_score > best_score or (trial_score == best_score and worse_proxy(candidate, best)):
+                report["sensitivity"].append({"node": candidate.label, "op_type": candidate.op_type,
+                                              "proxy": candidate.proxy, "recovered": trial_score - initial})
+            # Equal scores go to the layer the proxy finds worse; op types (no proxy) come last.
+            if trial_score > best_score or (trial_score == best_score and candidate.rank > best.rank):
                 best, best_model, best_score = candidate, trial_model, trial_score
         if best_score <= score:
             break
-        kept += best[2]
+        kept += best.nodes
         shortlist.remove(best)
-        report["kept"].append({"node": best[0], "op_type": best[1], "nodes": best[2],
+        report["kept"].append({"node": best.label, "op_type": best.op_type, "nodes": best.nodes,
                                "recovered": best_score - score, "score": best_score})
         model, score = best_model, best_score
         if reference_score - score <= budget:
@@ -153,6 +153,19 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
                     "in float", score, reference_score, budget, len(kept))
     report["evaluations"] = evaluations
     return model, report
+
+
+class _Candidate(NamedTuple):
+    """What the INT8 fallback may keep in float: one layer, or every node of one op type."""
+
+    label: str  # the layer's node name, or "every <op type>"
+    op_type: str
+    nodes: list[str]  # kept in float together
+    proxy: float | None  # layers only
+
+    @property
+    def rank(self) -> float:
+        return -1.0 if self.proxy is None else self.proxy
 
 
 def _with_keep_float(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -186,24 +199,11 @@ def _check_kept_in_float(model: onnx.ModelProto, names: list[str]) -> None:
                                    f"still quantized")
 
 
-def _quantized_op_type_groups(int8_model: onnx.ModelProto, target: str,
-                              already_float: set[str]) -> dict[str, list[str]]:
-    """Op type -> names of its nodes, for the types besides Conv/ConvTranspose/MatMul/Gemm that the
-    placement quantizes and that read a dequantized tensor in ``int8_model``."""
-    dq_outputs = {o for n in int8_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    quantizable = set(quantized_op_types(target)) - set(TENSORRT_QUANTIZED_OPS)
-    groups: dict[str, list[str]] = {}
-    for n in int8_model.graph.node:
-        if n.op_type in quantizable and n.name and n.name not in already_float and any(i in dq_outputs for i in n.input):
-            groups.setdefault(n.op_type, []).append(n.name)
-    return groups
-
-
-def _quantized_compute_nodes(int8_model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Conv/ConvTranspose/MatMul/Gemm nodes of the INT8 graph that read at least one dequantized tensor."""
+def _quantized_nodes(int8_model: onnx.ModelProto, already_float: set[str]) -> list[onnx.NodeProto]:
+    """Named nodes of the INT8 graph that read at least one dequantized tensor and are not kept in float."""
     dq_outputs = {o for n in int8_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return [n for n in int8_model.graph.node
-            if n.op_type in TENSORRT_QUANTIZED_OPS and n.name and any(i in dq_outputs for i in n.input)]
+            if n.name and n.name not in already_float and any(i in dq_outputs for i in n.input)]
 
 
 def _prepare_like_to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
