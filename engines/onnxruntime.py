@@ -10,6 +10,7 @@ engine are stored in its manifest.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .base import EngineError, Runner
+from .cpu import int8_note
 from .manifest import read_manifest, verify_engine_file
 
 LEVELS = {
@@ -27,9 +29,14 @@ LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 VERSION = ort.__version__
+log = logging.getLogger(__name__)
 
 
-def session_options(threads: int = 0, optimization_level: str = "all") -> ort.SessionOptions:
+def session_options(threads: int = 0, optimization_level: str = "all", simulate_qdq: bool = False) -> ort.SessionOptions:
+    """``simulate_qdq``: run Q/DQ pairs as written (quantize, dequantize, then the float op) instead of fusing
+    them into integer kernels: the INT8 arithmetic TensorRT does (int32 accumulation), in FP32, the same on
+    every CPU. That is how a TensorRT-bound INT8 graph is measured here; ONNX Runtime's own integer kernels
+    would add this CPU's rounding and, on AVX2 without VNNI, 16-bit saturation (engines/cpu.py)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[optimization_level]
     options.intra_op_num_threads = threads
@@ -39,6 +46,8 @@ def session_options(threads: int = 0, optimization_level: str = "all") -> ort.Se
     # drawing and encoding, and spinning threads starve them (measured on 2 cores: the video runtime went
     # from 0.70 to 0.75 of the engine's raw throughput, the raw throughput itself did not change).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if simulate_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return options
 
 
@@ -68,9 +77,11 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model: Path | bytes, threads: int = 0, optimization_level: str = "all") -> None:
+    def __init__(self, model: Path | bytes, threads: int = 0, optimization_level: str = "all",
+                 simulate_qdq: bool = False) -> None:
         super().__init__()
         self.model, self.threads, self.optimization_level = model, threads, optimization_level
+        self.simulate_qdq = simulate_qdq
         self.session: ort.InferenceSession | None = None
 
     @classmethod
@@ -81,6 +92,9 @@ class OnnxRuntimeRunner(Runner):
             raise EngineError(f"{engine_path} is a {manifest.get('backend')} engine, not an ONNX Runtime one")
         verify_engine_file(engine_path, manifest)
         check_manifest(manifest, engine_path)
+        note = int8_note(manifest)
+        if note:
+            log.warning(note)
         settings = manifest.get("session", {})
         return cls(Path(engine_path), settings.get("threads", 0) if threads is None else threads,
                    settings.get("load_optimization_level", "all"))
@@ -88,8 +102,8 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         model = str(self.model) if isinstance(self.model, Path) else self.model
         try:
-            self.session = ort.InferenceSession(model, session_options(self.threads, self.optimization_level),
-                                                providers=["CPUExecutionProvider"])
+            options = session_options(self.threads, self.optimization_level, self.simulate_qdq)
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # corrupt or incompatible file
             raise EngineError(f"ONNX Runtime cannot load {self.model if isinstance(self.model, Path) else 'graph'}: "
                               f"{str(exc).splitlines()[0]}; rebuild it with python -m export build --force") from None

@@ -15,6 +15,7 @@ build there); its accuracy is still measured here, by ONNX Runtime running that 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import platform
 import sys
@@ -29,6 +30,7 @@ import torch
 
 import engines.onnxruntime as ort_engine
 from engines.base import EngineError
+from engines.cpu import this_cpu
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import create_model, get_spec
 from models.data import DataError, open_dataset
@@ -41,7 +43,7 @@ from .frame_io import embed_frame_io
 from .metrics import compare, compare_classes, confusion, mean_iou
 from .onnx_export import OPSET, export_onnx
 from .accuracy_guard import fp16_with_range_guard, int8_with_budget
-from .precision import to_fp16, to_int8
+from .precision import DEFAULT_CPU_INT8_SCHEME, int8_weight_max, to_fp16, to_int8
 from .rewrites import apply_rewrites
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -204,21 +206,26 @@ class ModelBuild:
             self._calibration = calibration_set(self.pipeline, self.cfg)
         return self._calibration
 
+    def evaluation_set(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """accuracy.data at the model's input size: preprocessed (1,3,H,W) images and (H,W) label maps."""
+        acc = self.pipeline.accuracy
+        try:
+            dataset = open_dataset(self.pipeline.resolve(acc.data), acc.layout, limit=acc.limit)
+            if dataset.num_classes != self.cfg.num_classes:
+                raise UserError(f"accuracy.data {acc.data} has {dataset.num_classes} classes, {self.cfg.name} "
+                                f"has num_classes={self.cfg.num_classes}")
+            items = [dataset[i] for i in range(len(dataset))]
+        except DataError as exc:
+            raise UserError(f"accuracy.data: {exc}") from None
+        h, w = self.cfg.input.size
+        images = [preprocess(img, (h, w), self.cfg.mean, self.cfg.std) for img, _ in items]
+        labels = [cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) for _, lab in items]
+        return images, labels
+
     def accuracy_scorer(self):
         """(PyTorch's mIoU in points, a function scoring a graph's mIoU in points) on accuracy.data."""
         if self._scorer is None:
-            acc = self.pipeline.accuracy
-            try:
-                dataset = open_dataset(self.pipeline.resolve(acc.data), acc.layout, limit=acc.limit)
-                if dataset.num_classes != self.cfg.num_classes:
-                    raise UserError(f"accuracy.data {acc.data} has {dataset.num_classes} classes, {self.cfg.name} "
-                                    f"has num_classes={self.cfg.num_classes}")
-                items = [dataset[i] for i in range(len(dataset))]
-            except DataError as exc:
-                raise UserError(f"accuracy.data: {exc}") from None
-            h, w = self.cfg.input.size
-            images = [preprocess(img, (h, w), self.cfg.mean, self.cfg.std) for img, _ in items]
-            labels = [cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) for _, lab in items]
+            images, labels = self.evaluation_set()
             n = self.cfg.num_classes
 
             def miou(predictions) -> float:
@@ -231,8 +238,9 @@ class ModelBuild:
             with torch.no_grad():
                 reference = miou(self.model(torch.from_numpy(x)).argmax(1)[0].numpy() for x in images)
 
-            def score(graph: onnx.ModelProto) -> float:
-                with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.pipeline.onnxruntime.threads) as r:
+            def score(graph: onnx.ModelProto, simulate_qdq: bool = False) -> float:
+                with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.pipeline.onnxruntime.threads,
+                                                  simulate_qdq=simulate_qdq) as r:
                     return miou(r.infer({"images": x})["logits"].argmax(1)[0] for x in images)
 
             self._scorer = (reference, score)
@@ -257,8 +265,11 @@ class ModelBuild:
             graph = to_fp16(graph)
         elif precision == "int8" and acc.data:
             reference, score = self.accuracy_scorer()
+            # A TensorRT-bound graph is scored as TensorRT computes it (simulated Q/DQ, engines/onnxruntime.py);
+            # a CPU graph by ONNX Runtime's integer kernels, which it runs.
+            evaluate = functools.partial(score, simulate_qdq=target == "tensorrt")
             graph, report = int8_with_budget(graph, self.calibration()[0], target, self.pipeline.calibration.method,
-                                             score, reference, acc.budget_miou, acc.max_fallback)
+                                             evaluate, reference, acc.budget_miou, acc.max_fallback)
             self.guard_reports[(target, precision)] = report
             kept = ", ".join(k["node"] for k in report["kept"]) or "none"
             log(f"  {self.cfg.name} int8 {target}: mIoU {report['final_score']:.2f} vs PyTorch {reference:.2f} "
@@ -325,13 +336,15 @@ class ModelBuild:
             data = ort_engine.build_engine(graph_bytes, self.pipeline.onnxruntime.optimization_level)
             ort_cfg = self.pipeline.onnxruntime
             parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, ort_cfg.threads, ort_cfg.load_optimization_level))
-            device = {"device": "cpu", "processor": platform.processor() or platform.machine()}
+            device = {"device": "cpu", "processor": platform.processor() or platform.machine(), "cpu": this_cpu()}
         elif compiled:
             data, parity, device = self.build_tensorrt(precision)
         else:
             data = graph_bytes
-            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, self.pipeline.onnxruntime.threads))
-            parity["measured_with"] = f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
+            parity = self.measure(lambda: ort_engine.OnnxRuntimeRunner(data, self.pipeline.onnxruntime.threads,
+                                                                       simulate_qdq=True))
+            parity["measured_with"] = (f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
+                                       + (", Q/DQ simulated in FP32" if precision == "int8" else ""))
             device = {"device": "any NVIDIA GPU (compile on the target)"}
         self.gate(precision, backend, parity)
         write_engine(artifact, data, self.manifest(backend, version, precision, artifact, data, graph_bytes, key,
@@ -422,6 +435,9 @@ class ModelBuild:
             "build_seconds": round(seconds, 2),
             "parity": parity,
             "precision_guard": self.guard_reports.get((backend, precision)),
+            "int8": ({"scheme": DEFAULT_CPU_INT8_SCHEME if backend == "onnxruntime" else "s8s8-symmetric",
+                      "weight_max_abs": int8_weight_max(onnx.load_from_string(graph_bytes))}
+                     if precision == "int8" else None),
         }
 
 

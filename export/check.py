@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engines.base import EngineError
@@ -48,9 +47,10 @@ def open_artifact(path: Path, threads: int):
 def _open(path: Path, threads: int):
     manifest = read_manifest(path)
     if manifest.get("kind") == "graph":
-        # A TensorRT-bound graph: run by ONNX Runtime here, as the build measured it.
+        # A TensorRT-bound graph: run by ONNX Runtime here, as the build measured it (INT8 Q/DQ simulated
+        # in FP32, as TensorRT's int32 accumulation computes it, not by this CPU's integer kernels).
         verify_engine_file(path, manifest)
-        return manifest, OnnxRuntimeRunner(path, threads), "onnxruntime (TensorRT-bound graph)"
+        return manifest, OnnxRuntimeRunner(path, threads, simulate_qdq=True), "onnxruntime (TensorRT-bound graph)"
     if manifest["backend"] == "tensorrt":
         from engines import tensorrt as trt_engine
 
@@ -148,12 +148,8 @@ def machine_description() -> str:
     import os
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    from engines.cpu import this_cpu
+
+    cpu = this_cpu()
+    return (f"{cpu['model']}, {os.cpu_count()} cores, {cpu['int8_kernels']} INT8 kernels, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")

@@ -9,7 +9,8 @@ compute the same thing.
   real images. The placement depends on the target: TensorRT wants symmetric INT8 (zero point 0),
   per-channel weights and Q/DQ only on the inputs of Conv/ConvTranspose/MatMul/Gemm, the layers it fuses;
   the CPU wants ONNX Runtime's own placement (uint8 activations on every op it has an integer kernel for),
-  which runs faster there.
+  which runs faster there, with 7-bit weights so that every x86 CPU computes the same integers
+  (``CPU_INT8_SCHEMES``; engines/cpu.py has the kernel facts).
 """
 from __future__ import annotations
 
@@ -31,6 +32,21 @@ FP16_KEEP_FP32 = [
     "Pow", "Exp", "Sqrt", "Reciprocal",
 ]
 TENSORRT_QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+
+# Integer types of the CPU placement (activations, weights, weight bits). An engine built on one x86 machine
+# runs on others, and ONNX Runtime's u8 x s8 kernels saturate 16-bit sums on AVX2 and on AVX-512 without
+# VNNI (engines/cpu.py). Measured side by side (benchmarks/int8_cpu_schemes.py; README, "INT8 on every
+# x86 CPU"): with 8-bit weights (u8s8, s8s8, which ONNX Runtime runs as u8s8 on x86) the conformance
+# SegFormer-B0 graph has relative L2 error 0.164 on emulated AVX2 against 0.044 on this VNNI/AMX machine;
+# with 7-bit weights both give bit-identical logits, at the same speed (same kernels). u8u8 is exact too,
+# but ONNX Runtime has no VNNI kernel for it, so it gives up VNNI/AMX speed for 1 bit of weight precision.
+CPU_INT8_SCHEMES = {
+    "u8s8-7bit": ("QUInt8", "QInt8", True),  # the default: exact on every kernel
+    "u8s8": ("QUInt8", "QInt8", False),  # exact on VNNI/AMX, SSE and ARM64 only
+    "u8u8": ("QUInt8", "QUInt8", False),
+    "s8s8": ("QInt8", "QInt8", False),
+}
+DEFAULT_CPU_INT8_SCHEME = "u8s8-7bit"
 
 
 def quantized_op_types(target: str) -> list[str]:
@@ -112,9 +128,11 @@ class _Reader:
         pass
 
 
-def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str = "minmax") -> onnx.ModelProto:
+def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str = "minmax",
+            scheme: str = DEFAULT_CPU_INT8_SCHEME) -> onnx.ModelProto:
     """Insert Q/DQ calibrated on ``calibration`` (preprocessed (1,3,H,W) batches). ``target`` picks the
-    placement: 'tensorrt' or 'onnxruntime'."""
+    placement: 'tensorrt' or 'onnxruntime'; ``scheme`` the CPU placement's integer types
+    (``CPU_INT8_SCHEMES``; the TensorRT placement has one)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -133,8 +151,11 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
                            "OpTypesToExcludeOutputQuantization": TENSORRT_QUANTIZED_OPS},
         )
     else:
-        settings = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        op_types_to_quantize=quantized_op_types(target))
+        if scheme not in CPU_INT8_SCHEMES:
+            raise ValueError(f"unknown CPU INT8 scheme {scheme!r}; known: {', '.join(CPU_INT8_SCHEMES)}")
+        activations, weights, reduce_range = CPU_INT8_SCHEMES[scheme]
+        settings = dict(activation_type=QuantType[activations], weight_type=QuantType[weights], per_channel=True,
+                        reduce_range=reduce_range, op_types_to_quantize=quantized_op_types(target))
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
     with tempfile.TemporaryDirectory() as tmp:
         src, prep, out = (Path(tmp) / n for n in ("in.onnx", "prep.onnx", "int8.onnx"))
@@ -147,3 +168,21 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
             quantize_static(str(prep), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                             calibrate_method=methods[method], nodes_to_exclude=keep_float_nodes(model), **settings)
         return onnx.load(str(out))
+
+
+
+def int8_weight_max(model: onnx.ModelProto) -> int | None:
+    """The largest magnitude of the signed 8-bit weights of an INT8 graph (constant INT8 tensors a
+    DequantizeLinear reads), the bytes an x86 u8 x s8 kernel multiplies as they are; None if it has none.
+    At most ``engines.cpu.SATURATION_FREE_WEIGHT`` (64): no x86 INT8 kernel can saturate on this graph."""
+    from onnx import numpy_helper
+
+    init = {i.name: i for i in model.graph.initializer}
+    largest = None
+    for node in model.graph.node:
+        weight = init.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if weight is not None and weight.data_type == onnx.TensorProto.INT8:
+            q = numpy_helper.to_array(weight)
+            if q.size:
+                largest = max(largest or 0, int(np.abs(q.astype(np.int32)).max()))
+    return largest

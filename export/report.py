@@ -132,7 +132,7 @@ def render_markdown(result: dict) -> str:
               f"so 'sequential' means {n} frames submitted back to back in one timed call (each submitted before the "
               f"previous is collected); its fps is {n} / call time. Latency percentiles are per call at batch 1, over "
               f"{settings['iterations']} calls (check.iterations in the pipeline): with few calls p99 is close to the maximum.",
-              f"- **FLOPs**: multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm counted on the fp32 ONNX graph "
+              "- **FLOPs**: multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm counted on the fp32 ONNX graph "
               "(rewritten for the backend) with shapes from onnx.shape_inference at the model's input size, batch 1; "
               "1 MAC = 2 FLOPs; elementwise ops, normalization, resizes and softmax are left out. Achieved GFLOP/s = "
               "FLOPs per frame x frames per second. INT8 and FP16 engines do the same MACs at lower precision, so "

@@ -129,13 +129,17 @@ def _ccnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: i
     return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
 
 
-@register_model("ccnet", size_divisor=8)
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+_NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
+
+
+@register_model("ccnet", size_divisor=8, test_kwargs=_NARROW)
 def ccnet(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-50 backbone (output stride 8), RCCA head with R = 2."""
     return _ccnet((3, 4, 6, 3), num_classes, **kwargs)
 
 
-@register_model("ccnet", size_divisor=8)
+@register_model("ccnet", size_divisor=8, test_kwargs=_NARROW)
 def ccnet_r101(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-101 backbone (output stride 8), RCCA head with R = 2: the paper's configuration."""
     return _ccnet((3, 4, 23, 3), num_classes, **kwargs)

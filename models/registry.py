@@ -6,7 +6,7 @@ Every architecture registers its variant builders here. A builder takes keyword 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
@@ -19,7 +19,10 @@ class ModelSpec:
     ``size_divisor``: H and W must be multiples of it (the network's output stride, or a larger value where
     padding arithmetic demands). ``dynamic_hw``: whether one exported graph serves any H and W that
     satisfy ``size_divisor``; a model that bakes a size into its weights (e.g. learned position
-    embeddings) says False and is exported at one size.
+    embeddings) says False and is exported at one size. ``test_kwargs``: builder arguments that make the
+    variant small enough for numerical tests (export, parity in every precision) while keeping every kind of
+    block it has (narrower, or fewer repeats of a block); full sizes are only instantiated, for parameter
+    counts, and measured in benchmarks.
     """
 
     name: str
@@ -28,19 +31,22 @@ class ModelSpec:
     size_divisor: int = 32
     dynamic_hw: bool = True
     description: str = ""
+    test_kwargs: dict = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = ""):
+def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = "",
+                   test_kwargs: dict | None = None):
     """Register a variant builder under its function name: ``@register_model("segformer")``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
-        MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip())
+        MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip(),
+                                 dict(test_kwargs or {}))
         return fn
 
     return decorator

@@ -278,6 +278,11 @@ class SegFormer(SegmentationModel):
 # The paper's variants (Section 4.1, Table 1): B1-B5 share widths and differ in depth; B0 is narrower.
 
 
+# B2-B5 repeat the blocks of B1 more often (3-40 per stage) with a wider decoder; in numerical tests two per
+# stage, as B0 and B1 have, cover every block and a block feeding a block.
+_TWO_BLOCKS_PER_STAGE = {"depths": (2, 2, 2, 2)}
+
+
 @register_model("segformer", size_divisor=32)
 def segformer_b0(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B0 (3.8M parameters with 150 classes)."""
@@ -292,28 +297,28 @@ def segformer_b1(num_classes: int = 19, **kwargs) -> nn.Module:
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b2(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B2 (27.5M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 6, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b3(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B3 (47.3M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 18, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b4(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B4 (64.1M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 8, 27, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b5(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B5 (84.7M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 6, 40, 3), decoder_dim=768)

@@ -1,11 +1,14 @@
 """Small shared pieces of the test suite."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -57,3 +60,25 @@ def cli(*args: str, module: str = "export", timeout: float = 600) -> subprocess.
     """Run ``python -m <module> args`` as a user would, from the repository root."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def debian_program(program: str, package: str) -> str:
+    """The path of ``program``, installed from Debian's ``package`` with apt-get if missing (CI's .ci/run
+    installs it first); the calling test skips, with the reason, only where that cannot be done."""
+    found = shutil.which(program)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{program} is not installed and apt-get is unavailable (needs root on Debian)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"cannot install {package}: {' '.join(command)} timed out")
+        if done.returncode != 0:
+            pytest.skip(f"cannot install {package}: {' '.join(command)} failed: {done.stderr.strip()[-300:]}")
+    found = shutil.which(program, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/bin")
+    if not found:
+        pytest.skip(f"apt-get installed {package} but there is no {program} on PATH")
+    return found

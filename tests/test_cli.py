@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -50,6 +51,31 @@ def test_build_writes_engines_with_manifests(built):
     with OnnxRuntimeRunner.from_engine(engine(folder)) as runner:
         out = runner.infer({"images": torch.randn(1, 3, 96, 128).numpy()})["logits"]
     assert out.shape == (1, 4, 96, 128)  # dynamic H and W survive every stage
+
+
+def test_int8_manifest_records_the_cpu_and_loading_elsewhere_says_so(built, tmp_path, monkeypatch, caplog):
+    """An INT8 engine's manifest says which INT8 kernels scored it and how wide its weights are; loaded on
+    a CPU whose kernels would saturate them (engines/cpu.py), it says so in one line and still runs."""
+    from engines import cpu
+    from test_int8_cpus import AVX2, VNNI
+
+    folder, _, _ = built
+    for f in (engine(folder, "int8"), manifest_path(engine(folder, "int8"))):
+        shutil.copy(f, tmp_path / f.name)
+    path = tmp_path / "int8.engine.onnx"
+    data = json.loads(manifest_path(path).read_text())
+    assert data["int8"] == {"scheme": "u8s8-7bit", "weight_max_abs": cpu.SATURATION_FREE_WEIGHT}
+    assert data["device"]["cpu"] == cpu.this_cpu()
+    monkeypatch.setattr(cpu, "this_cpu", lambda: AVX2)
+    with caplog.at_level(logging.WARNING, logger="engines.onnxruntime"):
+        OnnxRuntimeRunner.from_engine(path)
+    assert caplog.messages == []  # 7-bit weights: the same integers on every kernel
+    data["int8"]["weight_max_abs"], data["device"]["cpu"] = 127, VNNI
+    manifest_path(path).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="engines.onnxruntime"):
+        with OnnxRuntimeRunner.from_engine(path) as runner:
+            runner.infer({"images": torch.randn(1, 3, 64, 64).numpy()})
+    assert len(caplog.messages) == 1 and "saturate" in caplog.messages[0]
 
 
 def test_cache_hit_miss_and_force(built, tmp_path):

@@ -1,5 +1,7 @@
 """One conformance test set over every registered model: forward shape, finite output, export with dynamic
-H/W, and ONNX Runtime parity in fp32, fp16 and int8 (both placements) at small sizes."""
+H/W, and ONNX Runtime parity in fp32, fp16 and int8 (both placements) at small sizes, each variant built with
+its registry entry's ``test_kwargs`` (narrower or shallower, every block kind kept); full sizes are
+instantiated in test_model_families.py (parameter counts)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +12,8 @@ from engines.onnxruntime import OnnxRuntimeRunner
 from export.compat import check_tensorrt_compat
 from export.metrics import compare
 from export.onnx_export import export_onnx
-from export.precision import to_fp16, to_int8
+from engines.cpu import SATURATION_FREE_WEIGHT
+from export.precision import int8_weight_max, to_fp16, to_int8
 from export.rewrites import apply_rewrites
 from helpers import calibration_batches, make_deterministic
 from models import MODELS, create_model, get_spec
@@ -24,7 +27,7 @@ CHECK_SIZE = (64, 96)  # another size than the export's: the graph must really b
 def exported(request, tmp_path_factory):
     name = request.param
     spec = get_spec(name)
-    model = make_deterministic(create_model(name, num_classes=5))
+    model = make_deterministic(create_model(name, num_classes=5, **spec.test_kwargs))
     graph = export_onnx(model, tmp_path_factory.mktemp(name) / "model.onnx", EXPORT_SIZE, spec.size_divisor,
                         spec.dynamic_hw)
     size = CHECK_SIZE if spec.dynamic_hw else EXPORT_SIZE
@@ -34,14 +37,14 @@ def exported(request, tmp_path_factory):
     return name, graph, inputs, references, calibration_batches(size, 4)
 
 
-def run(graph, inputs):
-    with OnnxRuntimeRunner(graph.SerializeToString()) as runner:
+def run(graph, inputs, simulate_qdq=False):
+    with OnnxRuntimeRunner(graph.SerializeToString(), simulate_qdq=simulate_qdq) as runner:
         return [runner.infer({"images": x})["logits"] for x in inputs]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_shape_and_finite(name):
-    model = make_deterministic(create_model(name, num_classes=5))
+    model = make_deterministic(create_model(name, num_classes=5, **get_spec(name).test_kwargs))
     with torch.no_grad():
         out = model(torch.randn(2, 3, *EXPORT_SIZE))
     assert out.shape == (2, 5, *EXPORT_SIZE)
@@ -76,12 +79,22 @@ def test_fp16_parity(exported):
 
 @pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
 def test_int8_parity(exported, target):
+    """The bounds are the quantization's own error, and hold on every CPU because of how each graph is run:
+
+    - onnxruntime: by ONNX Runtime's integer kernels, the engine itself. Its weights fit 7 bits, so no x86
+      kernel saturates and every CPU computes the same integers (bit-identical logits on VNNI/AMX and on
+      emulated AVX2: test_int8_cpus.py). With 8-bit weights, AVX2 without VNNI took SegFormer-B0 here from
+      0.044 to 0.164 relative error.
+    - tensorrt: with Q/DQ simulated in FP32, as TensorRT's int32 accumulation computes it; not by this CPU's
+      kernels, which on AVX2 saturate (0.109 instead of 0.026 for the same graph)."""
     _, graph, inputs, references, calibration = exported
     int8 = to_int8(apply_rewrites(graph, target)[0], calibration, target)
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     if target == "tensorrt":
         assert check_tensorrt_compat(int8, "10.3") == []  # symmetric, zero point 0, no custom ops left
-    result = compare(run(int8, inputs), references)
+    else:
+        assert int8_weight_max(int8) <= SATURATION_FREE_WEIGHT
+    result = compare(run(int8, inputs, simulate_qdq=target == "tensorrt"), references)
     assert np.isfinite(result["max_abs_error"])
     assert result["rel_l2_error"] < 0.15
     assert result["pixel_agreement"] > 0.85

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import count_parameters, create_model
+from models import MODELS, count_parameters, create_model, get_spec
 
 # SegFormer paper, Table 1: encoder + decoder parameters (millions) on ADE20K (150 classes).
 SEGFORMER_PAPER_PARAMS_M = {
@@ -71,3 +71,14 @@ def test_bisenetv2_parameter_count_excludes_aux_heads() -> None:
     assert aux > 0
     assert count_parameters(model) == total - aux
     assert count_parameters(model) == sum(p.numel() for m in (model.backbone, model.head) for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_test_kwargs_keep_every_kind_of_block(name: str) -> None:
+    """The configuration numerical tests build (``test_kwargs``) is no larger than the variant and has every
+    module type the variant has: the conformance set tests the same blocks, only fewer or narrower."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        full, small = create_model(name, num_classes=19), create_model(name, num_classes=19, **spec.test_kwargs)
+    assert count_parameters(small) <= count_parameters(full)
+    assert {type(m) for m in small.modules()} == {type(m) for m in full.modules()}

@@ -26,6 +26,8 @@ from runtime.outputs import MjpegServerOutput, gui_available, open_output
 from runtime.render import VIEWS, palette_lut, render
 from runtime.types import Frame, Legend, Result, RuntimeFault, SourceInfo
 
+from helpers import debian_program
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_SCREENSHOT = ROOT / "docs" / "browser_view.png"
 # Set to 1 to refresh docs/browser_view.png from the realistic-scene screenshot test.
@@ -468,23 +470,7 @@ def test_http_host_defaults_to_loopback():
 def chromium():
     """Debian's chromium, installed with apt-get when missing; the tests skip (with the reason) only
     when it cannot be installed."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and apt-get is unavailable (needs root on Debian)")
-    try:
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-            if done.returncode != 0:
-                pytest.skip(f"cannot install chromium: {' '.join(command)} failed: {done.stderr.strip()[-300:]}")
-    except subprocess.TimeoutExpired as exc:
-        pytest.skip(f"cannot install chromium: {' '.join(exc.cmd)} timed out")
-    found = shutil.which("chromium")
-    if not found:
-        pytest.skip("apt-get installed chromium but there is no chromium on PATH")
-    return found
+    return debian_program("chromium", "chromium")
 
 
 def screenshot(chromium: str, url: str, folder: Path) -> np.ndarray:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import http.server
-import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -18,6 +16,8 @@ import pytest
 
 from runtime.sources import NetworkStream, has_gstreamer, open_source
 from runtime.types import RuntimeFault
+
+from helpers import debian_program
 
 SIZE = (64, 96)  # (H, W) of the test videos and images
 
@@ -246,29 +246,10 @@ def test_csi_pipeline_matches_the_jetson_notes():
 
 # ------------------------------------------------------------------------------------ network cameras
 
-def apt_get(*args: str) -> str | None:
-    """Run apt-get; None if it succeeded, else why not (its last line of errors)."""
-    try:
-        r = subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=900,
-                           env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-
-
 @pytest.fixture(scope="session")
 def ffmpeg() -> str:
     """The ffmpeg program, installed with apt-get if missing; the tests that need it skip only if that fails."""
-    if shutil.which("ffmpeg") is None:
-        failure = apt_get("install", "-y", "ffmpeg")
-        if failure:  # perhaps no package lists yet
-            failure = apt_get("update") or apt_get("install", "-y", "ffmpeg")
-        if failure:
-            pytest.skip(f"ffmpeg is not installed and apt-get could not install it: {failure}")
-    found = shutil.which("ffmpeg", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/usr/bin")
-    if found is None:
-        pytest.skip("apt-get installed ffmpeg, but it is not on PATH")
-    return found
+    return debian_program("ffmpeg", "ffmpeg")
 
 
 def free_port() -> int:
