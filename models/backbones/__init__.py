@@ -1,0 +1,6 @@
+"""Backbones shared by the architectures. One protocol: ``forward(images)`` returns a list of feature maps,
+``out_channels`` and ``strides`` (relative to the input) describe them, one entry per map."""
+from .mit import MixTransformer
+from .resnet import ResNet, resnet
+
+__all__ = ["MixTransformer", "ResNet", "resnet"]

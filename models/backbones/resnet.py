@@ -1,0 +1,101 @@
+"""ResNet-50/101 for segmentation (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), with
+the two changes segmentation networks make to it:
+
+- **Output stride by dilation** (Chen et al., DeepLab, TPAMI 2018; Yu & Koltun, ICLR 2016): stages that would
+  downsample past ``output_stride`` keep their resolution and dilate their 3x3 convs instead (8: stages 3-4
+  at dilation 2 and 4; 16: stage 4 at dilation 2; 32: the classification network). As in mmsegmentation's
+  ``contract_dilation``, the first block of a dilated stage uses half the stage's dilation.
+- **Deep stem** (ResNetV1c, used by PSPNet, CCNet and mmsegmentation's checkpoints): three 3x3 convs in place
+  of the 7x7, then max pooling; ``deep_stem=False`` is the original 7x7 stem.
+
+Bottlenecks are v1.5 (the stride sits on the 3x3 conv). ``forward`` returns the four stage outputs;
+``out_channels`` and ``strides`` describe them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import ConvNormAct
+
+# Stride and dilation of stages 1-4 for each output stride.
+_SCHEDULES = {
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+}
+DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, dilation: int = 1,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = ConvNormAct(in_channels, width, 1, norm_layer=norm_layer)
+        self.conv2 = ConvNormAct(width, width, 3, stride, dilation, norm_layer=norm_layer)
+        self.conv3 = ConvNormAct(width, out_channels, 1, norm_layer=norm_layer, act_layer=None)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = ConvNormAct(in_channels, out_channels, 1, stride, norm_layer=norm_layer, act_layer=None)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+
+
+class ResNet(nn.Module):
+    """A ResNet backbone returning its four stage outputs, at strides 4, 8, 16, 32 capped by ``output_stride``."""
+
+    def __init__(self, layers: tuple[int, int, int, int], output_stride: int = 8, deep_stem: bool = True,
+                 stem_width: int = 64, base_width: int = 64, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        if output_stride not in _SCHEDULES:
+            raise ValueError(f"output_stride={output_stride}: expected one of {', '.join(map(str, _SCHEDULES))}")
+        if deep_stem:
+            self.stem = nn.Sequential(
+                ConvNormAct(3, stem_width, 3, 2, norm_layer=norm_layer),
+                ConvNormAct(stem_width, stem_width, 3, norm_layer=norm_layer),
+                ConvNormAct(stem_width, stem_width * 2, 3, norm_layer=norm_layer),
+                nn.MaxPool2d(3, 2, 1),
+            )
+            channels = stem_width * 2
+        else:
+            self.stem = nn.Sequential(ConvNormAct(3, stem_width, 7, 2, norm_layer=norm_layer), nn.MaxPool2d(3, 2, 1))
+            channels = stem_width
+        strides, dilations = _SCHEDULES[output_stride]
+        self.stages = nn.ModuleList()
+        self.out_channels: list[int] = []
+        self.strides: list[int] = []
+        total = 4
+        for i, (depth, stride, dilation) in enumerate(zip(layers, strides, dilations)):
+            width = base_width * 2**i
+            blocks = []
+            for j in range(depth):
+                d = max(1, dilation // 2) if j == 0 and dilation > 1 else dilation
+                blocks.append(Bottleneck(channels, width, stride if j == 0 else 1, d, norm_layer))
+                channels = width * Bottleneck.expansion
+            total *= stride
+            self.stages.append(nn.Sequential(*blocks))
+            self.out_channels.append(channels)
+            self.strides.append(total)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)  # (B, C_stem, H/4, W/4)
+        features = []
+        for stage in self.stages:
+            x = stage(x)  # (B, C_i, H/s_i, W/s_i)
+            features.append(x)
+        return features
+
+
+def resnet(depth: int = 50, **kwargs) -> ResNet:
+    """ResNet-50 or -101 (``DEPTHS``); keyword arguments as ``ResNet``'s."""
+    if depth not in DEPTHS:
+        raise ValueError(f"ResNet depth {depth}: expected one of {', '.join(map(str, DEPTHS))}")
+    return ResNet(DEPTHS[depth], **kwargs)

@@ -1,0 +1,5 @@
+"""Heads shared by the architectures: each takes the backbone's feature list (or one map of it) and returns
+logits at the stride of the feature it reads."""
+from .fcn import FCNHead
+
+__all__ = ["FCNHead"]
