@@ -67,7 +67,7 @@ def main() -> None:
     for cfg in pipeline.models:
         if cfg.name not in args.models.split(","):
             continue
-        unit = ModelBuild(pipeline, cfg, Path("build/int8_schemes"), BuildOptions(), source_hash())
+        unit = ModelBuild(pipeline, cfg, Path("build/int8_schemes"), BuildOptions(), source_hash(cfg.name))
         reference, _ = unit.accuracy_scorer()
         images, labels = unit.evaluation_set()
         graph, calibration = unit.rewritten("onnxruntime"), unit.calibration()[0]

@@ -63,11 +63,57 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def source_hash() -> str:
-    """Code that shapes an artifact is one of its inputs: a changed rewrite must rebuild the engines."""
-    files = sorted(p for d in ("models", "export", "engines") for p in (PROJECT_ROOT / d).rglob("*")
-                   if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts)
-    return sha256_json({str(p.relative_to(PROJECT_ROOT)): sha256_file(p) for p in files})
+def source_hash(model: str | None = None, root: Path = PROJECT_ROOT) -> str:
+    """Code that shapes an artifact is one of its inputs: a changed rewrite must rebuild the engines. That is
+    all of ``export/`` and ``engines/``, and of ``models/`` only the modules ``model``'s builder imports
+    (transitively, within ``models``): editing one architecture's file rebuilds that architecture only.
+    ``model=None`` covers all of ``models/``."""
+    files = {p for d in ("export", "engines") for p in (root / d).rglob("*")
+             if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts}
+    if model is None:
+        files |= {p for p in (root / "models").rglob("*.py") if "__pycache__" not in p.parts}
+    else:
+        files |= model_sources(get_spec(model).builder.__module__, root)
+    return sha256_json({str(p.relative_to(root)): sha256_file(p) for p in sorted(files)})
+
+
+def model_sources(module: str, root: Path = PROJECT_ROOT) -> set[Path]:
+    """The files of ``module`` and of every ``models`` module it imports, directly or not (read with ``ast``,
+    nothing is imported). The imports of a package's ``__init__`` are not followed, unless the package is
+    the family itself: ``models/__init__.py`` imports every family to register it, which shapes none of
+    them. So a family imports what it uses from the defining module (``from .backbones.resnet import
+    ResNet``); tests/test_build_cache.py checks that every class a registered network is built of is covered."""
+    import ast
+
+    def path_of(name: str) -> Path | None:
+        base = root.joinpath(*name.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = path_of(name)
+        if path is None or path in seen or path.relative_to(root).parts[0] != "models":
+            continue
+        seen.add(path)
+        is_package = path.name == "__init__.py"
+        if is_package and name != module:
+            continue
+        package = name if is_package else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                todo += [base] + [f"{base}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+    return seen
 
 
 def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, str]:
@@ -455,14 +501,13 @@ def build(pipeline: Pipeline, options: BuildOptions) -> list[dict]:
     if trt_reason:
         log(f"note: TensorRT engines are skipped: {trt_reason}. The TensorRT-bound graphs are still built, "
             "checked and measured (with ONNX Runtime); compile them on the device with python -m export build.")
-    code = source_hash()
     rows = []
     for cfg in pipeline.models:
         if options.models and cfg.name not in options.models:
             continue
         precisions = [p for p in cfg.precisions if not options.precisions or p in options.precisions]
         log(f"{cfg.name}: {', '.join(precisions)} x {', '.join(backends)}")
-        unit = ModelBuild(pipeline, cfg, out, options, code)
+        unit = ModelBuild(pipeline, cfg, out, options, source_hash(cfg.name))
         for backend in backends:
             for precision in precisions:
                 rows.append(unit.build_unit(backend, precision, trt_reason if backend == "tensorrt" else None))
