@@ -32,7 +32,7 @@ import engines.onnxruntime as ort_engine
 from engines.base import EngineError
 from engines.cpu import this_cpu
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
-from models import create_model, get_spec
+from models import create_model, get_spec, training_only_keys
 from models.data import DataError, open_dataset
 
 from . import compat
@@ -137,7 +137,8 @@ def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, s
                         "save them with torch.save(model.state_dict(), path)")
     own = model.state_dict()
     # Auxiliary heads only serve training and are dropped at export: checkpoints may leave them out.
-    missing = [k for k in own if k not in state and not k.startswith("aux_heads.")]
+    optional = training_only_keys(model)
+    missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:

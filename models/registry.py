@@ -69,6 +69,13 @@ def list_models() -> list[ModelSpec]:
     return sorted(MODELS.values(), key=lambda s: (s.family, s.name))
 
 
+def training_only_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the auxiliary training heads (``model.aux_heads``): dropped at export, so
+    checkpoints may leave them out and saved deployment weights do."""
+    aux = getattr(model, "aux_heads", None)
+    return {f"aux_heads.{k}" for k in aux.state_dict()} if aux is not None else set()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Parameters of the deployed network: auxiliary training heads (``model.aux_heads``) are left out."""
     aux = getattr(model, "aux_heads", None)

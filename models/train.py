@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import create_model, get_spec
+from . import create_model, get_spec, training_only_keys
 from .data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # the pipeline's default normalization (RGB, 0-255)
@@ -130,7 +130,8 @@ def train(model_name: str, data: str, steps: int, size: tuple[int, int], batch: 
 
 def deployed_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights export needs: auxiliary training heads are left out."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")}
+    skip = training_only_keys(model)
+    return {k: v for k, v in model.state_dict().items() if k not in skip}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import MODELS, count_parameters, create_model, get_spec
+from helpers import make_deterministic
+from models import MODELS, count_parameters, create_model, get_spec, training_only_keys
 
 # SegFormer paper, Table 1: encoder + decoder parameters (millions) on ADE20K (150 classes).
 SEGFORMER_PAPER_PARAMS_M = {
@@ -82,3 +83,30 @@ def test_test_kwargs_keep_every_kind_of_block(name: str) -> None:
         full, small = create_model(name, num_classes=19), create_model(name, num_classes=19, **spec.test_kwargs)
     assert count_parameters(small) <= count_parameters(full)
     assert {type(m) for m in small.modules()} == {type(m) for m in full.modules()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_size_divisor_is_the_networks_largest_downsampling(name: str) -> None:
+    """The registry's ``size_divisor`` (what export requires H and W to be multiples of) is the largest
+    factor any layer of the network downsamples by, measured with hooks on every layer's output (global
+    pooling's 1x1 maps aside: at an input of 2x3 divisors the deepest strided map is 2x3)."""
+    spec = get_spec(name)
+    d = spec.size_divisor
+    model = make_deterministic(create_model(name, num_classes=3, **spec.test_kwargs))
+    h, w = 2 * d, 3 * d
+    smallest: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: smallest.append(min(o.shape[-2:])) if isinstance(o, torch.Tensor)
+                                     and o.ndim == 4 and tuple(o.shape[-2:]) != (1, 1) else None)
+             for m in model.modules()]
+    with torch.no_grad():
+        model(torch.randn(1, 3, h, w))
+    for hook in hooks:
+        hook.remove()
+    assert h // min(smallest) == d, f"{name}: smallest map {min(smallest)} at input {h}x{w}"
+
+
+def test_training_only_keys_are_the_aux_heads() -> None:
+    model = create_model("bisenetv2", num_classes=5)
+    keys = training_only_keys(model)
+    assert keys and keys == {k for k in model.state_dict() if k.startswith("aux_heads.")}
+    assert training_only_keys(create_model("segformer_b0", num_classes=5)) == set()
