@@ -33,7 +33,7 @@ from engines.base import EngineError
 from engines.cpu import this_cpu
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import create_model, get_spec, training_only_keys
-from models.data import DataError, open_dataset
+from models.data import IGNORE, DataError, open_dataset
 
 from . import compat
 from .config import ModelConfig, Pipeline, class_names, palette
@@ -278,7 +278,7 @@ class ModelBuild:
             def miou(predictions) -> float:
                 conf = np.zeros((n, n), np.int64)
                 for pred, label in zip(predictions, labels):
-                    valid = label != 255
+                    valid = label != IGNORE
                     conf += confusion(pred[valid], label[valid], n)
                 return 100 * mean_iou(conf)
 

@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional
 import numpy as np
 import yaml
 
+from models.data import CITYSCAPES_CLASSES
+
 from .errors import UserError
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -23,10 +25,6 @@ Backend = Literal["onnxruntime", "tensorrt"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]
 CITYSCAPES_PALETTE = [
     [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
     [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60],

@@ -22,6 +22,7 @@ import onnx
 import torch
 
 from models import count_parameters
+from models.data import IGNORE
 
 from .build import Samples, load_model, log
 from .check import artifacts, machine_description, open_artifact
@@ -31,7 +32,6 @@ from .images import preprocess
 from .metrics import confusion, mean_iou
 from .speed import PeakMemory, count_macs, latency_summary, measured_peak, theoretical_peak, timed_calls
 
-IGNORE = 255
 
 
 @dataclass

@@ -6,9 +6,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.data.layouts import IMAGE_SUFFIXES
+
 from .errors import UserError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_images(folder: Path, purpose: str, limit: int | None = None) -> list[Path]:

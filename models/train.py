@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import create_model, get_spec, training_only_keys
-from .data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
+from .data import IGNORE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # the pipeline's default normalization (RGB, 0-255)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -71,8 +71,8 @@ class Batches:
 def loss_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if len(getattr(model, "aux_heads", [])):
         logits, aux = model(x, return_aux=True)
-        return F.cross_entropy(logits, y, ignore_index=255) + 0.4 * sum(F.cross_entropy(a, y, ignore_index=255) for a in aux)
-    return F.cross_entropy(model(x), y, ignore_index=255)
+        return F.cross_entropy(logits, y, ignore_index=IGNORE) + 0.4 * sum(F.cross_entropy(a, y, ignore_index=IGNORE) for a in aux)
+    return F.cross_entropy(model(x), y, ignore_index=IGNORE)
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def evaluate(model: torch.nn.Module, num_classes: int, size: tuple[int, int], co
         image, label = render_scene(VAL_SEED + i, size)
         x, y = to_tensors([image], [label])
         pred = model(x).argmax(1).numpy().ravel()
-        valid = label.ravel() != 255
+        valid = label.ravel() != IGNORE
         conf += np.bincount(label.ravel()[valid].astype(np.int64) * num_classes + pred[valid],
                             minlength=num_classes**2).reshape(num_classes, num_classes)
     tp = np.diag(conf).astype(np.float64)
