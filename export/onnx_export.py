@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from .custom_ops import DOMAIN, TRANSLATION_TABLE, VERSION
+from .ops import DOMAIN, VERSION, translation_table
 from .errors import UserError
 
 OPSET = 18  # >= 17 so LayerNormalization is a native node (FP16 TensorRT SegFormer is wrong without it).
@@ -44,7 +44,7 @@ def export_onnx(model: nn.Module, path: Path, sample_size: tuple[int, int], size
             program = torch.onnx.export(
                 model, (images,), dynamo=True, opset_version=OPSET, input_names=["images"],
                 output_names=["logits"], dynamic_shapes=dynamic_shapes,
-                custom_translation_table=TRANSLATION_TABLE, external_data=False,
+                custom_translation_table=translation_table(), external_data=False,
             )
         except Exception as exc:  # the exporter raises many types; all mean "this model did not export"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,6 +1,7 @@
 """Stage 2: graph surgery with onnx-graphsurgeon, chosen per target.
 
-A rewrite is one function named by intent, registered with the targets it applies to. It matches nodes by
+A rewrite is one function named by intent, registered with the targets it applies to (custom ops' lowerings
+live beside their schemas in export/ops/ and register here). It matches nodes by
 op type and domain (never by tensor names), builds the replacement, and disconnects the original; the
 shared tail (constant folding, cleanup, toposort, shape inference) removes what is left.
 """
@@ -14,8 +15,6 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-
-from .custom_ops import DOMAIN
 
 TARGETS = ("onnxruntime", "tensorrt")
 
@@ -45,7 +44,7 @@ def register_rewrite(*targets: str):
 KEEP_FLOAT_KEY = "seg.keep_float_nodes"
 
 
-class _Builder:
+class Builder:
     """Adds nodes to a graph with generated names: ``b.op("MatMul", a, c)`` returns the output tensor.
 
     ``keep_float=True`` marks a node that must not be quantized or cast to FP16 (it carries -inf masks or
@@ -71,54 +70,9 @@ class _Builder:
         return gs.Constant(f"{self.prefix}/const_{self.count}", np.array(value, dtype=dtype))
 
 
-def _nodes(graph: gs.Graph, op_type: str, domain: str = "") -> list[gs.Node]:
+def nodes_of(graph: gs.Graph, op_type: str, domain: str = "") -> list[gs.Node]:
+    """The nodes of one op type and domain: rewrites match by these, never by tensor names."""
     return [n for n in graph.nodes if n.op == op_type and (n.domain or "") == domain]
-
-
-@register_rewrite("onnxruntime", "tensorrt")
-def lower_criss_cross_attention(graph: gs.Graph) -> int:
-    """seg::CrissCrossAttention -> Transpose/MatMul/Where/Softmax/Slice, all in TensorRT 10.3's table.
-
-    Same computation as ``models.ops.criss_cross_attention_reference``: column energies with the position
-    itself masked out, row energies, one softmax over both, then the two weighted sums of ``value``.
-    No Einsum: TensorRT before 10.12 restricts it.
-    """
-    nodes = _nodes(graph, "CrissCrossAttention", DOMAIN)
-    for node in nodes:
-        q, k, v = node.inputs
-        (out,) = node.outputs
-        b = _Builder(graph, node.name or "cca")
-        shape = b.op("Shape", q)
-        h = b.op("Gather", shape, b.const(2))  # scalar H
-        h_1d = b.op("Unsqueeze", h, b.const([0]))
-        w_1d = b.op("Gather", shape, b.const([3]))
-        # Column energies: (B, W, H, C') @ (B, W, C', H') -> (B, W, H, H'), self position masked.
-        e_col = b.op("MatMul", b.op("Transpose", q, attrs={"perm": [0, 3, 2, 1]}),
-                     b.op("Transpose", k, attrs={"perm": [0, 3, 1, 2]}))
-        r = b.op("Range", b.const(0), h, b.const(1))
-        eye = b.op("Equal", b.op("Unsqueeze", r, b.const([1])), b.op("Unsqueeze", r, b.const([0])))  # (H, H')
-        # From the -inf mask to the softmax, values stay in float: a quantizer would calibrate on -inf.
-        e_col = b.op("Where", eye, b.const(-np.inf, np.float32), e_col, keep_float=True)
-        e_col = b.op("Transpose", e_col, attrs={"perm": [0, 2, 1, 3]}, keep_float=True)  # (B, H, W, H')
-        # Row energies: (B, H, W, C') @ (B, H, C', W') -> (B, H, W, W').
-        e_row = b.op("MatMul", b.op("Transpose", q, attrs={"perm": [0, 2, 3, 1]}),
-                     b.op("Transpose", k, attrs={"perm": [0, 2, 1, 3]}))
-        energy = b.op("Concat", e_col, e_row, attrs={"axis": -1}, keep_float=True)  # (B, H, W, H'+W')
-        att = b.op("Softmax", energy, attrs={"axis": -1}, keep_float=True)
-        att_col = b.op("Slice", att, b.const([0]), h_1d, b.const([3]))  # (B, H, W, H')
-        att_row = b.op("Slice", att, h_1d, b.op("Add", h_1d, w_1d), b.const([3]))  # (B, H, W, W')
-        # (B, W, C, H') @ (B, W, H', H) -> (B, W, C, H) -> (B, C, H, W)
-        out_col = b.op("MatMul", b.op("Transpose", v, attrs={"perm": [0, 3, 1, 2]}),
-                       b.op("Transpose", att_col, attrs={"perm": [0, 2, 3, 1]}))
-        out_col = b.op("Transpose", out_col, attrs={"perm": [0, 2, 3, 1]})
-        # (B, H, C, W') @ (B, H, W', W) -> (B, H, C, W) -> (B, C, H, W)
-        out_row = b.op("MatMul", b.op("Transpose", v, attrs={"perm": [0, 2, 1, 3]}),
-                       b.op("Transpose", att_row, attrs={"perm": [0, 1, 3, 2]}))
-        out_row = b.op("Transpose", out_row, attrs={"perm": [0, 2, 1, 3]})
-        node.outputs.clear()
-        b.op("Add", out_col, out_row, outputs=[out])
-        node.inputs.clear()
-    return len(nodes)
 
 
 def apply_rewrites(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -126,6 +80,8 @@ def apply_rewrites(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto
 
     Returns the new graph and how many nodes each rewrite changed.
     """
+    from . import ops  # noqa: F401  (registers the custom ops' lowerings)
+
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     graph = gs.import_onnx(model)

@@ -13,7 +13,7 @@ from torch import nn
 from .backbones.resnet import DEPTHS, ResNet
 from .base import ConvNormAct, SegmentationModel
 from .heads.fcn import FCNHead
-from .ops import criss_cross_attention
+from .ops.criss_cross import criss_cross_attention
 from .registry import register_model
 
 

@@ -1,12 +1,11 @@
-"""Custom operators: ops that deploy differently on different targets.
-
-Each op is a ``torch.library`` custom op with a pure-PyTorch reference implementation. Exported to ONNX it
-stays ONE custom-domain node (domain ``seg``), and ``export/`` decides per target how to lower it. Model code
-calls these ops and never asks whether it is being exported.
-"""
+"""Criss-cross attention (Huang et al., "CCNet: Criss-Cross Attention for Semantic Segmentation", ICCV 2019)
+as the custom op ``seg::criss_cross_attention``; its ONNX side is export/ops/criss_cross.py."""
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from . import define_op
 
 
 def criss_cross_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -39,26 +38,26 @@ def criss_cross_attention_reference(query: torch.Tensor, key: torch.Tensor, valu
     return out_col.permute(0, 2, 3, 1) + out_row.permute(0, 2, 1, 3)  # (B, C, H, W)
 
 
-@torch.library.custom_op("seg::criss_cross_attention", mutates_args=())
-def criss_cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Criss-cross attention as one op; see ``criss_cross_attention_reference``."""
-    return criss_cross_attention_reference(query, key, value)
+def sample_inputs(batch: int, h: int, w: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """query and key with 4 channels (scaled so the softmax is not flat), value with 6."""
+    q, k = (2 * rng.standard_normal((batch, 4, h, w)).astype(np.float32) for _ in range(2))
+    return [q, k, rng.standard_normal((batch, 6, h, w)).astype(np.float32)]
 
 
-@criss_cross_attention.register_fake
-def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(value)
+def definition(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Criss-cross attention position by position, straight from the paper: position (i, j) attends to the
+    H + W - 1 positions of its column (itself excluded) and its row."""
+    b, _, h, w = q.shape
+    out = np.zeros_like(v)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                keys = [(i2, j) for i2 in range(h) if i2 != i] + [(i, j2) for j2 in range(w)]
+                e = np.array([q[n, :, i, j] @ k[n, :, a, c] for a, c in keys])
+                weights = np.exp(e - e.max())
+                weights /= weights.sum()
+                out[n, :, i, j] = sum(wt * v[n, :, a, c] for wt, (a, c) in zip(weights, keys))
+    return out
 
 
-def _cca_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _cca_backward(ctx, grad: torch.Tensor):
-    # Training differentiates the reference implementation, so the op trains exactly like the plain layer.
-    inputs = ctx.saved_tensors
-    _, vjp = torch.func.vjp(criss_cross_attention_reference, *inputs)
-    return vjp(grad)
-
-
-criss_cross_attention.register_autograd(_cca_backward, setup_context=_cca_setup_context)
+criss_cross_attention = define_op("criss_cross_attention", criss_cross_attention_reference, sample_inputs, definition)
