@@ -1,6 +1,7 @@
 """``python -m export build``: the stages, in order, for every model, precision and backend in pipeline.yaml.
 
-Every stage reads and writes a file under the output folder, so any stage can be inspected or re-run:
+Every stage reads and writes a file under the output folder (the layout: engines/artifacts.py), so any
+stage can be inspected or re-run:
 
     <out>/<model>/export.onnx                 1. PyTorch -> ONNX (custom ops kept as seg:: nodes)
     <out>/<model>/<target>/rewritten.onnx     2. graph surgery for the target (onnxruntime | tensorrt)
@@ -29,6 +30,7 @@ import onnx
 import torch
 
 import engines.onnxruntime as ort_engine
+from engines import artifacts as layout
 from engines.base import EngineError
 from engines.cpu import this_cpu
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
@@ -208,7 +210,7 @@ class ModelBuild:
 
     def __init__(self, pipeline: Pipeline, cfg: ModelConfig, out: Path, options: BuildOptions, code: str) -> None:
         self.pipeline, self.cfg, self.options, self.code = pipeline, cfg, options, code
-        self.dir = out / cfg.name
+        self.out, self.dir = out, out / cfg.name
         self.spec = get_spec(cfg.name)
         self.model, self.weights_hash = load_model(cfg, pipeline)
         self._exported: onnx.ModelProto | None = None
@@ -222,7 +224,7 @@ class ModelBuild:
     def exported(self) -> onnx.ModelProto:
         if self._exported is None:
             t = time.perf_counter()
-            self._exported = export_onnx(self.model, self.dir / "export.onnx", tuple(self.cfg.input.size),
+            self._exported = export_onnx(self.model, layout.exported_graph(self.out, self.cfg.name), tuple(self.cfg.input.size),
                                          self.spec.size_divisor, self.spec.dynamic_hw)
             log(f"  {self.cfg.name}: exported to ONNX (opset {OPSET}) in {time.perf_counter() - t:.1f}s")
         return self._exported
@@ -230,7 +232,7 @@ class ModelBuild:
     def rewritten(self, target: str) -> onnx.ModelProto:
         if target not in self._rewritten:
             graph, counts = apply_rewrites(self.exported(), target)
-            atomic_write(self.dir / target / "rewritten.onnx", graph.SerializeToString())
+            atomic_write(layout.rewritten_graph(self.out, self.cfg.name, target), graph.SerializeToString())
             done = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "nothing to lower"
             log(f"  {self.cfg.name}: rewritten for {target} ({done})")
             self._rewritten[target] = graph
@@ -328,7 +330,7 @@ class ModelBuild:
             graph = embed_frame_io(graph, self.cfg.mean, self.cfg.std)
         if target == "tensorrt":
             self.check_tensorrt(graph, precision)
-        atomic_write(self.dir / target / f"{precision}.onnx", graph.SerializeToString())
+        atomic_write(layout.precision_graph(self.out, self.cfg.name, target, precision), graph.SerializeToString())
         return graph
 
     # One unit: (backend, precision) --------------------------------------------------------------------
@@ -362,12 +364,13 @@ class ModelBuild:
         """Build one artifact unless an identical build exists; returns its summary row."""
         compiled = backend == "onnxruntime" or trt_reason is None
         if backend == "onnxruntime":
-            artifact, version = self.dir / "onnxruntime" / f"{precision}.engine.onnx", ort_engine.VERSION
+            artifact, version = layout.engine(self.out, self.cfg.name, backend, precision), ort_engine.VERSION
         elif compiled:
             from engines import tensorrt as trt_engine
-            artifact, version = self.dir / "tensorrt" / f"{precision}.plan", trt_engine.device_info()["tensorrt_version"]
+            artifact = layout.engine(self.out, self.cfg.name, backend, precision)
+            version = trt_engine.device_info()["tensorrt_version"]
         else:  # TensorRT-bound graph only: compiled on the device
-            artifact, version = self.dir / "tensorrt" / f"{precision}.onnx", "graph"
+            artifact, version = layout.precision_graph(self.out, self.cfg.name, backend, precision), "graph"
         key = self.inputs_hash(backend, precision, version)
         row = {"model": self.cfg.name, "precision": precision, "backend": backend, "artifact": str(artifact),
                "kind": "engine" if compiled else "graph"}
@@ -405,7 +408,7 @@ class ModelBuild:
         from engines import tensorrt as trt_engine
 
         trt_cfg = self.pipeline.tensorrt
-        graph_path = self.dir / "tensorrt" / f"{precision}.onnx"
+        graph_path = layout.precision_graph(self.out, self.cfg.name, "tensorrt", precision)
         size = self.cfg.input
         shape = lambda hw: (1, 3, *hw)  # noqa: E731
         options = trt_engine.TensorRTOptions(

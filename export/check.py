@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from engines import artifacts as layout
 from engines.base import EngineError
 from engines.manifest import read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
@@ -27,13 +28,8 @@ def _latency(fn, inputs: list, warmup: int, iterations: int) -> dict:
 
 
 def artifacts(out: Path, model: str) -> list[Path]:
-    """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound graphs."""
-    found = []
-    order = {"fp32": 0, "fp16": 1, "int8": 2}
-    for pattern in ("onnxruntime/*.engine.onnx", "tensorrt/*.plan", "tensorrt/*.onnx"):
-        paths = [p for p in (out / model).glob(pattern) if Path(str(p) + ".manifest.json").exists()]
-        found += sorted(paths, key=lambda p: order.get(p.name.split(".")[0], 9))
-    return found
+    """Every artifact with a manifest for ``model`` (engines/artifacts.py has the layout)."""
+    return layout.built(out, model)
 
 
 def open_artifact(path: Path, threads: int):

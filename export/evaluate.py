@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 
+from engines import artifacts as layout
 from models import count_parameters
 from models.data import IGNORE
 
@@ -194,9 +195,10 @@ def achieved(flops_per_frame: int, speed: dict, peak: dict) -> dict:
 def flops_graph(out: Path, cfg: ModelConfig) -> Path:
     """The fp32 graph FLOPs are counted on: rewritten for a backend (custom ops lowered to standard ones,
     before any engine fuses Conv nodes into contrib ops), else the exported one."""
-    for name in ("onnxruntime/rewritten.onnx", "tensorrt/rewritten.onnx", "export.onnx"):
-        if (out / cfg.name / name).exists():
-            return out / cfg.name / name
+    candidates = [layout.rewritten_graph(out, cfg.name, t) for t in layout.TARGETS]
+    for path in candidates + [layout.exported_graph(out, cfg.name)]:
+        if path.exists():
+            return path
     raise UserError(f"{cfg.name}: no exported graph in {out / cfg.name} to count FLOPs on; "
                     "run python -m export build first")
 

@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-TARGETS = ("onnxruntime", "tensorrt")
+from engines.artifacts import TARGETS
+
 
 
 @dataclass(frozen=True)

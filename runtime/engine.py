@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines import artifacts as layout
 from engines.base import EngineError, Runner
 from engines.manifest import read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
@@ -47,9 +48,8 @@ def resolve_engine(spec: str, build_dir: Path, backend: str | None = None) -> tu
     if backend == "tensorrt" and reason:
         raise RuntimeFault(f"--backend tensorrt: TensorRT cannot run here: {reason}")
     for b in backends:
-        pattern = "{}.plan" if b == "tensorrt" else "{}.engine.onnx"
         for p in ([precision] if precision else PREFERENCE[b]):
-            candidate = folder / b / pattern.format(p)
+            candidate = layout.engine(build_dir, model, b, p)
             if candidate.exists() and _passed(candidate):
                 why = "TensorRT" if b == "tensorrt" else f"ONNX Runtime (CPU){'' if reason is None else ': ' + reason}"
                 return candidate, f"{model} {p} on {why}"

@@ -52,3 +52,12 @@ def test_missing_and_malformed_files(tmp_path):
         load_pipeline(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="cannot be read as YAML"):
         load_pipeline(write(tmp_path, "models: [\n"))
+
+
+def test_backends_are_the_artifact_targets():
+    """pipeline.yaml's backend names (a Literal, for validation) are the build targets engines/artifacts.py
+    lays out."""
+    from engines.artifacts import TARGETS
+    from export.config import BACKENDS
+
+    assert BACKENDS == TARGETS

@@ -1,0 +1,48 @@
+"""The layout of a build folder, in one place: build writes it, check and evaluate discover what is in it,
+the runtime picks engines from it.
+
+    <out>/<model>/export.onnx
+    <out>/<model>/<target>/rewritten.onnx
+    <out>/<model>/<target>/<precision>.onnx          the precision-annotated graph (for TensorRT: the
+                                                     TensorRT-bound graph, compiled on the device)
+    <out>/<model>/onnxruntime/<precision>.engine.onnx
+    <out>/<model>/tensorrt/<precision>.plan
+    each artifact beside its <artifact>.manifest.json
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .manifest import manifest_path
+
+TARGETS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_SUFFIX = {"onnxruntime": ".engine.onnx", "tensorrt": ".plan"}
+
+
+def exported_graph(out: Path, model: str) -> Path:
+    return Path(out) / model / "export.onnx"
+
+
+def rewritten_graph(out: Path, model: str, target: str) -> Path:
+    return Path(out) / model / target / "rewritten.onnx"
+
+
+def precision_graph(out: Path, model: str, target: str, precision: str) -> Path:
+    return Path(out) / model / target / f"{precision}.onnx"
+
+
+def engine(out: Path, model: str, backend: str, precision: str) -> Path:
+    return Path(out) / model / backend / f"{precision}{ENGINE_SUFFIX[backend]}"
+
+
+def built(out: Path, model: str) -> list[Path]:
+    """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound
+    graphs, each group in precision order."""
+    found = []
+    for backend, suffix in (("onnxruntime", ENGINE_SUFFIX["onnxruntime"]), ("tensorrt", ".plan"), ("tensorrt", ".onnx")):
+        for precision in PRECISIONS:
+            path = Path(out) / model / backend / f"{precision}{suffix}"
+            if path.exists() and manifest_path(path).exists():
+                found.append(path)
+    return found
