@@ -250,7 +250,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-@register_model("bisenetv2", size_divisor=32)
+@register_model("bisenetv2", size_divisor=32, output_stride=8)
 def bisenetv2(num_classes: int = 19, **kwargs) -> nn.Module:
     """BiSeNet V2 (paper Table 1 widths: detail 64-64-128, semantic 16-32-64-128, expansion 6)."""
     args = dict(detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128), expansion=6, head_channels=1024)

@@ -69,13 +69,15 @@ def _ccnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: i
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
 
 
-@register_model("ccnet", size_divisor=8, test_kwargs=_NARROW)
+@register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                custom_ops=("criss_cross_attention",))
 def ccnet(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-50 backbone (output stride 8), RCCA head with R = 2."""
     return _ccnet(DEPTHS[50], num_classes, **kwargs)
 
 
-@register_model("ccnet", size_divisor=8, test_kwargs=_NARROW)
+@register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                custom_ops=("criss_cross_attention",))
 def ccnet_r101(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-101 backbone (output stride 8), RCCA head with R = 2: the paper's configuration."""
     return _ccnet(DEPTHS[101], num_classes, **kwargs)

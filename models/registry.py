@@ -22,7 +22,9 @@ class ModelSpec:
     embeddings) says False and is exported at one size. ``test_kwargs``: builder arguments that make the
     variant small enough for numerical tests (export, parity in every precision) while keeping every kind of
     block it has (narrower, or fewer repeats of a block); full sizes are only instantiated, for parameter
-    counts, and measured in benchmarks.
+    counts, and measured in benchmarks. ``output_stride``: the stride of the head's logits before the final
+    upsampling. ``custom_ops``: the ``models.ops`` ops the network calls (each becomes one ``seg`` node at
+    export and needs a lowering per target). Tests check all of these against the network.
     """
 
     name: str
@@ -32,13 +34,16 @@ class ModelSpec:
     dynamic_hw: bool = True
     description: str = ""
     test_kwargs: dict = field(default_factory=dict)
+    output_stride: int | None = None
+    custom_ops: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = "",
-                   test_kwargs: dict | None = None):
+                   test_kwargs: dict | None = None, output_stride: int | None = None,
+                   custom_ops: tuple[str, ...] = ()):
     """Register a variant builder under its function name: ``@register_model("segformer")``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -46,7 +51,7 @@ def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = Tr
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
         MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip(),
-                                 dict(test_kwargs or {}))
+                                 dict(test_kwargs or {}), output_stride, tuple(custom_ops))
         return fn
 
     return decorator

@@ -81,42 +81,42 @@ class SegFormer(SegmentationModel):
 _TWO_BLOCKS_PER_STAGE = {"depths": (2, 2, 2, 2)}
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, output_stride=4)
 def segformer_b0(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B0 (3.8M parameters with 150 classes)."""
     args = dict(embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2), decoder_dim=256)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32)
+@register_model("segformer", size_divisor=32, output_stride=4)
 def segformer_b1(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B1 (13.7M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2), decoder_dim=256)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b2(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B2 (27.5M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 6, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b3(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B3 (47.3M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 18, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b4(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B4 (64.1M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 8, 27, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b5(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B5 (84.7M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 6, 40, 3), decoder_dim=768)

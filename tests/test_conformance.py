@@ -12,6 +12,7 @@ from engines.onnxruntime import OnnxRuntimeRunner
 from export.compat import check_tensorrt_compat
 from export.metrics import compare
 from export.onnx_export import export_onnx
+from export.ops import DOMAIN, EXPORT_OPS
 from engines.cpu import SATURATION_FREE_WEIGHT
 from export.precision import int8_weight_max, to_fp16, to_int8
 from export.rewrites import apply_rewrites
@@ -53,6 +54,9 @@ def test_forward_shape_and_finite(name):
 
 def test_export_contract(exported):
     name, graph, *_ = exported
+    # The custom ops the registry entry declares are exactly the seg nodes of the graph.
+    declared = {EXPORT_OPS[op].onnx_name for op in get_spec(name).custom_ops}
+    assert {n.op_type for n in graph.graph.node if n.domain == DOMAIN} == declared
     assert [i.name for i in graph.graph.input] == ["images"]
     assert [o.name for o in graph.graph.output] == ["logits"]
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17

@@ -110,3 +110,17 @@ def test_training_only_keys_are_the_aux_heads() -> None:
     keys = training_only_keys(model)
     assert keys and keys == {k for k in model.state_dict() if k.startswith("aux_heads.")}
     assert training_only_keys(create_model("segformer_b0", num_classes=5)) == set()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_output_stride_is_the_heads(name: str) -> None:
+    """The registry's ``output_stride`` is the stride of the head's logits, measured on the network."""
+    spec = get_spec(name)
+    model = make_deterministic(create_model(name, num_classes=3, **spec.test_kwargs))
+    shapes = []
+    hook = model.head.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    h = 2 * spec.size_divisor
+    with torch.no_grad():
+        model(torch.randn(1, 3, h, h))
+    hook.remove()
+    assert spec.output_stride is not None and h // shapes[0][-2] == spec.output_stride
