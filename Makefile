@@ -24,7 +24,7 @@ build: $(STAMP) $(VAL)
 	$(PY) -m export build --config pipeline.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 check: $(STAMP) $(VAL)
 	$(PY) -m export check --config pipeline.yaml --data build/synthetic_val --report build/check.md --json build/check.json

@@ -1,6 +1,7 @@
 """Small shared pieces of the test suite."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -70,6 +71,12 @@ def debian_program(program: str, package: str) -> str:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"{program} is not installed and apt-get is unavailable (needs root on Debian)")
+    with open("/tmp/segdeploy-apt.lock", "w") as lock:  # pytest-xdist workers may ask at the same time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return shutil.which(program) or _apt_install(program, package)
+
+
+def _apt_install(program: str, package: str) -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
         try:
