@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # The labelled evaluation set pipeline.yaml's accuracy.data names (synthetic scenes, never used in training).
 VAL := build/synthetic_val/classes.txt
 $(VAL): | $(STAMP)
-	$(PY) -m models.data --out build/synthetic_val --count 20
+	$(PY) -m data --out build/synthetic_val --count 20
 
 build: $(STAMP) $(VAL)
 	$(PY) -m export build --config pipeline.yaml

@@ -4,7 +4,7 @@ VNNI, and speed on this CPU, for the default pipeline's models with their demo w
     python benchmarks/int8_cpu_schemes.py [--models bisenetv2,segformer_b0] [--emulate 4] [--rounds 5]
                                           [--json FILE]
 
-Schemes (export/precision.py ``CPU_INT8_SCHEMES``): u8s8-7bit (the default), u8s8, u8u8, s8s8. Each is
+Schemes (export/compile/precision.py ``CPU_INT8_SCHEMES``): u8s8-7bit (the default), u8s8, u8u8, s8s8. Each is
 built from the same rewritten graph and calibration images as ``make build`` (no sensitivity fallback, so
 the schemes themselves are compared) and scored on ``accuracy.data`` (``make build`` writes the synthetic
 set). Speed: p50 of ``--rounds`` rounds in which every scheme runs each image once, interleaved, so the
@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.cpu import this_cpu  # noqa: E402
 from engines.emulated_cpu import AVX2_WITHOUT_VNNI, run_emulated, unavailable_reason  # noqa: E402
 from engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from export.build import BuildOptions, ModelBuild, source_hash  # noqa: E402
+from export.compile.build import BuildOptions, ModelBuild, source_hash  # noqa: E402
 from export.config import load_pipeline  # noqa: E402
-from export.metrics import compare  # noqa: E402
-from export.precision import CPU_INT8_SCHEMES, int8_weight_max, to_int8  # noqa: E402
+from export.measure.metrics import compare  # noqa: E402
+from export.compile.precision import CPU_INT8_SCHEMES, int8_weight_max, to_int8  # noqa: E402
 
 
 def miou_of(unit: ModelBuild, logits: list[np.ndarray], labels: list[np.ndarray]) -> float:
-    from export.metrics import confusion, mean_iou
+    from export.measure.metrics import confusion, mean_iou
 
     n = unit.cfg.num_classes
     conf = np.zeros((n, n), np.int64)

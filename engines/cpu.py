@@ -15,7 +15,7 @@ why do I need to try U8U8?):
 
 With weights in 7 bits ([-64, 64], ONNX Runtime's ``reduce_range``) a pair is at most 2 x 255 x 64 = 32640,
 which fits an int16: such a graph computes the same integers on every kernel (measured: bit-identical
-logits on this machine's AMX/VNNI kernels and on emulated AVX2). ``export/precision.py`` builds the CPU
+logits on this machine's AMX/VNNI kernels and on emulated AVX2). ``export/compile/precision.py`` builds the CPU
 placement that way; an engine whose weights use 8 bits is exact only where the kernels are.
 """
 from __future__ import annotations

@@ -91,22 +91,22 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline = load_pipeline(args.config)
         if args.command == "build":
-            from .build import BuildOptions, build
+            from .compile.build import BuildOptions, build
 
             rows = build(pipeline, BuildOptions(args.models, args.precisions, args.backends, args.out, args.force, args.verify))
             built = sum(r["status"] == "built" for r in rows)
             print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
             return 0
         if args.data is not None:
-            from .evaluate import DataOptions, evaluate
-            from .report import render_text as render_data_text, write_reports as write_data_reports
+            from .measure.evaluate import DataOptions, evaluate
+            from .measure.report import render_text as render_data_text, write_reports as write_data_reports
 
             result = evaluate(pipeline, DataOptions(args.data, args.layout or "auto", args.limit, args.batch or 4),
                               args.models, args.out)
             print(render_data_text(result))
             write_data_reports(result, args.json, args.report)
             return 0
-        from .check import check, machine_description, render_text, write_reports
+        from .measure.check import check, machine_description, render_text, write_reports
 
         rows = check(pipeline, args.models, args.out)
         print(render_text(rows))

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import yaml
 
-from models.data import CITYSCAPES_CLASSES
+from data import CITYSCAPES_CLASSES
 
 from .errors import UserError
 
@@ -71,7 +71,7 @@ class Accuracy:
     """Precision must not silently cost accuracy. With ``data`` (a labelled folder, any layout ``export check
     --data`` reads), INT8 graphs are scored against the labels and, when they lose more than ``budget_miou``
     mIoU points against PyTorch, the most sensitive layers (or, in ONNX Runtime's CPU placement, whole op types
-    such as every Add) are kept in float, at most ``max_fallback`` of them (export/accuracy_guard.py).
+    such as every Add) are kept in float, at most ``max_fallback`` of them (export/compile/accuracy_guard.py).
     ``fp16_guard`` keeps in FP32 the nodes whose values come near FP16's range on the calibration images."""
 
     data: Optional[str] = None
@@ -214,7 +214,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
 def _validate(p: Pipeline) -> None:
     from models import MODELS  # late: keeps config importable without building models
 
-    from .compat import known_tensorrt_versions
+    from .compile.compat import known_tensorrt_versions
 
     for i, v in enumerate(p.tensorrt.check_versions):
         if v not in known_tensorrt_versions():

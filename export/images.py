@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.data.layouts import IMAGE_SUFFIXES
+from data.layouts import IMAGE_SUFFIXES
 
 from .errors import UserError
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from export.accuracy_guard import FP16_MAX, fp16_with_range_guard, int8_with_budget
-from export.precision import to_fp16
+from export.compile.accuracy_guard import FP16_MAX, fp16_with_range_guard, int8_with_budget
+from export.compile.precision import to_fp16
 
 SIZE = 32
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.build import PROJECT_ROOT, model_sources, source_hash
+from export.compile.build import PROJECT_ROOT, model_sources, source_hash
 from helpers import tiny_pipeline
 from models import MODELS, create_model, get_spec
 
@@ -28,7 +28,7 @@ def test_code_hash_covers_every_class_the_network_is_built_of(name):
 @pytest.fixture
 def repo_copy(tmp_path):
     """The packages the build reads, copied, so a test can edit them."""
-    for folder in ("models", "export", "engines"):
+    for folder in ("data", "models", "export", "engines"):
         shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
@@ -46,7 +46,7 @@ def changed_models(root: Path, edit: str) -> set[str]:
     ("models/bisenetv2.py", {"bisenetv2"}),
     ("models/__init__.py", set()),  # registration only
     ("models/base.py", set(MODELS)),
-    ("export/precision.py", set(MODELS)),
+    ("export/compile/precision.py", set(MODELS)),
 ])
 def test_an_edit_changes_the_code_hash_of_the_models_it_shapes(repo_copy, edit, rebuilt):
     assert changed_models(repo_copy, edit) == rebuilt

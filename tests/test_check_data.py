@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from export.__main__ import main
-from export.evaluate import Agreement, class_map, label_confusion, label_scores
-from export.metrics import compare, compare_classes
+from export.measure.evaluate import Agreement, class_map, label_confusion, label_scores
+from export.measure.metrics import compare, compare_classes
 from helpers import cli, tiny_pipeline
 
 CLASSES = ["road", "car", "sky", "tree"]
@@ -183,7 +183,7 @@ def test_class_count_mismatch_names_both(checked, tmp_path, capsys):
 
 
 def test_report_lists_what_the_precision_guards_kept():
-    from export.report import guard_lines
+    from export.measure.report import guard_lines
 
     int8 = {"budget": 0.5, "initial_score": 24.24, "final_score": 30.45, "reference_score": 30.91, "held": True,
             "evaluations": 46, "kept": [

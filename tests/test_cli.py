@@ -317,7 +317,7 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
     frame = synthetic_scene(7, (64, 64))
     with OnnxRuntimeRunner.from_engine(path) as runner:
         classes = runner.infer({"frames": frame[None]})["classes"]
-    from export.build import load_model
+    from export.compile.build import load_model
     from export.config import load_pipeline
 
     torch_model, _ = load_model(load_pipeline(config).models[0], load_pipeline(config))
@@ -332,10 +332,10 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
 
 def test_tensorrt_bound_graph_with_an_unlowered_op_fails_the_build(tmp_path, monkeypatch, capsys):
     """Without the criss-cross lowering, the TensorRT-bound CCNet graph keeps a seg:: node: the build names it."""
-    import export.build
+    import export.compile.build
 
-    monkeypatch.setattr(export.build, "apply_rewrites", lambda graph, target: (graph, {}))
-    monkeypatch.setattr(export.build, "tensorrt_reason", lambda: "no TensorRT in this test")
+    monkeypatch.setattr(export.compile.build, "apply_rewrites", lambda graph, target: (graph, {}))
+    monkeypatch.setattr(export.compile.build, "tensorrt_reason", lambda: "no TensorRT in this test")
     model = {"name": "ccnet", "num_classes": 4, "precisions": ["fp32"], "input": {"size": [64, 64]}}
     config = tiny_pipeline(tmp_path, models=[model], backends=["tensorrt"])
     assert main(["build", "--config", config]) == 1
@@ -347,7 +347,7 @@ def test_tensorrt_bound_graph_with_an_unlowered_op_fails_the_build(tmp_path, mon
 
 def test_accuracy_budget_and_fp16_guard_are_recorded(tmp_path):
     """With accuracy.data, INT8 is scored against labels and the guard's report lands in the manifest."""
-    from models.data import write_dataset
+    from data import write_dataset
 
     write_dataset(tmp_path / "val", 3, size=(64, 64), seed=5)
     model = {"name": "bisenetv2", "num_classes": 10, "precisions": ["fp16", "int8"], "input": {"size": [64, 64]}}
@@ -365,7 +365,7 @@ def test_accuracy_budget_and_fp16_guard_are_recorded(tmp_path):
 
 
 def test_accuracy_data_with_other_classes_is_refused(tmp_path):
-    from models.data import write_dataset
+    from data import write_dataset
 
     write_dataset(tmp_path / "val", 2, size=(64, 64), seed=5)
     model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["int8"], "input": {"size": [64, 64]}}
@@ -376,7 +376,7 @@ def test_accuracy_data_with_other_classes_is_refused(tmp_path):
 
 def test_missed_accuracy_budget_fails_the_build(tmp_path):
     """A budget no INT8 graph can meet (negative: better than PyTorch) with no fallback allowed: the build says so."""
-    from models.data import write_dataset
+    from data import write_dataset
 
     write_dataset(tmp_path / "val", 2, size=(64, 64), seed=5)
     model = {"name": "bisenetv2", "num_classes": 10, "precisions": ["int8"], "input": {"size": [64, 64]}}

@@ -1,4 +1,4 @@
-"""export/compat.py: planted TensorRT violations are caught, clean graphs pass, on the oldest and newest tables."""
+"""export/compile/compat.py: planted TensorRT violations are caught, clean graphs pass, on the oldest and newest tables."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.compat import (
+from export.compile.compat import (
     Violation,
     check_tensorrt_compat,
     known_tensorrt_versions,

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from engines.onnxruntime import OnnxRuntimeRunner
-from export.compat import check_tensorrt_compat
-from export.metrics import compare
-from export.onnx_export import export_onnx
+from export.compile.compat import check_tensorrt_compat
+from export.measure.metrics import compare
+from export.compile.onnx_export import export_onnx
 from export.ops import DOMAIN, EXPORT_OPS
 from engines.cpu import SATURATION_FREE_WEIGHT
-from export.precision import int8_weight_max, to_fp16, to_int8
-from export.rewrites import apply_rewrites
+from export.compile.precision import int8_weight_max, to_fp16, to_int8
+from export.compile.rewrites import apply_rewrites
 from helpers import calibration_batches, make_deterministic
 from models import MODELS, create_model, get_spec
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.compat import check_tensorrt_compat
+from export.compile.compat import check_tensorrt_compat
 from export.ops import DOMAIN, EXPORT_OPS, VERSION
-from export.rewrites import REWRITES, TARGETS, apply_rewrites
+from export.compile.rewrites import REWRITES, TARGETS, apply_rewrites
 from models.ops import CUSTOM_OPS
 
 OPS = sorted(CUSTOM_OPS)

@@ -1,4 +1,4 @@
-"""models.data: each dataset layout read from tiny fixtures written here, every dataset error as one line that
+"""data: each dataset layout read from tiny fixtures written here, every dataset error as one line that
 names the file, and the synthetic street scenes (deterministic, labelled, every class, not solvable by
 colour alone)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.data import (ADE20K_CLASSES, CITYSCAPES_CLASSES, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, VOC_CLASSES,
+from data import (ADE20K_CLASSES, CITYSCAPES_CLASSES, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, VOC_CLASSES,
                          DataError, detect_layout, open_dataset, render_scene, voc_colormap, write_dataset)
 
 H, W = 16, 24

@@ -13,10 +13,10 @@ from torch import nn
 from engines import cpu
 from engines.emulated_cpu import run_emulated, unavailable_reason
 from engines.onnxruntime import OnnxRuntimeRunner
-from export.metrics import compare
-from export.onnx_export import export_onnx
-from export.precision import int8_weight_max, to_int8
-from export.rewrites import apply_rewrites
+from export.measure.metrics import compare
+from export.compile.onnx_export import export_onnx
+from export.compile.precision import int8_weight_max, to_int8
+from export.compile.rewrites import apply_rewrites
 from helpers import calibration_batches, debian_program, make_deterministic
 from models import create_model
 

@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.compat import check_tensorrt_compat
-from export.rewrites import apply_rewrites, keep_float_nodes
+from export.compile.compat import check_tensorrt_compat
+from export.compile.rewrites import apply_rewrites, keep_float_nodes
 
 
 def cca_graph(c_qk: int, c_v: int) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from models.train import main, train
+from training.train import main, train
 
 
 def test_a_few_steps_lower_the_loss_deterministically():
@@ -19,7 +19,7 @@ def test_a_few_steps_lower_the_loss_deterministically():
 
 
 def test_saved_weights_leave_out_aux_heads_and_load_for_export(tmp_path):
-    from export.build import load_model
+    from export.compile.build import load_model
     from export.config import ModelConfig, Pipeline
 
     out = tmp_path / "w.pt"
@@ -28,7 +28,7 @@ def test_saved_weights_leave_out_aux_heads_and_load_for_export(tmp_path):
     state = torch.load(out, weights_only=True)
     assert state and not any(k.startswith("aux_heads.") for k in state)
     info = json.loads(out.with_suffix(".json").read_text())
-    assert info["classes"][0] == "road" and "validation" in info and info["command"].startswith("python -m models.train")
+    assert info["classes"][0] == "road" and "validation" in info and info["command"].startswith("python -m training")
     cfg = ModelConfig(name="bisenetv2", num_classes=len(info["classes"]), weights=str(out))
     model, weights_hash = load_model(cfg, Pipeline(models=[cfg], base_dir=tmp_path))
     assert len(weights_hash) == 64

@@ -4,8 +4,8 @@
   ``onnx.checker`` and document their inputs),
 - the translation that makes ``torch.onnx.export(dynamo=True)`` emit that one node instead of tracing
   into the reference implementation,
-- a lowering for every target in ``export.rewrites.TARGETS`` (an onnx-graphsurgeon rewrite, registered
-  with ``export.rewrites``; rewrites mark the nodes that must stay float).
+- a lowering for every target in ``export.compile.rewrites.TARGETS`` (an onnx-graphsurgeon rewrite, registered
+  with ``export.compile.rewrites``; rewrites mark the nodes that must stay float).
 
 A module here registers by existing; tests/test_custom_ops.py fails when a ``models.ops`` op lacks any of
 the three, and compares every lowering with the op's reference at several sizes.
@@ -35,7 +35,7 @@ class ExportOp:
     onnx_name: str  # the node's op type in the seg domain
     schema: OpSchema
     translation: Callable
-    lowerings: dict[str, str]  # target -> name of the rewrite in export.rewrites.REWRITES
+    lowerings: dict[str, str]  # target -> name of the rewrite in export.compile.rewrites.REWRITES
 
 
 EXPORT_OPS: dict[str, ExportOp] = {}
@@ -45,7 +45,7 @@ def export_op(torch_name: str, onnx_name: str, doc: str, inputs: list[str], outp
               lowerings: dict[str, Callable]) -> None:
     """Declare the ONNX side of ``models.ops.CUSTOM_OPS[torch_name]``; ``lowerings`` maps each target to a
     rewrite function ``fn(graph) -> nodes rewritten`` (one function may serve several targets)."""
-    from ..rewrites import register_rewrite
+    from ..compile.rewrites import register_rewrite
 
     if torch_name in EXPORT_OPS:
         raise ValueError(f"the ONNX side of custom op {torch_name!r} is declared twice")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..rewrites import Builder, nodes_of
+from ..compile.rewrites import Builder, nodes_of
 from . import DOMAIN, export_op
 
 

@@ -1,4 +1,4 @@
-"""``python -m models.data --out DIR``: write labelled synthetic street scenes in the plain layout
+"""``python -m data --out DIR``: write labelled synthetic street scenes in the plain layout
 (images/, masks/, classes.txt), e.g. as an evaluation set for ``pipeline.yaml``'s ``accuracy.data``."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .synthetic import write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m data", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", default="256x512", help="HxW")

@@ -3,7 +3,7 @@
 Accuracy is agreement with PyTorch (logit error, pixel agreement, mIoU of engine predictions against
 PyTorch's). Speed is PyTorch eager against the engine on the same CPU with the same thread count,
 measured in one run so that the ratio holds on a noisy machine. Against a labelled dataset (``--data``):
-export/evaluate.py, which reuses the artifact discovery and loading here.
+export/measure/evaluate.py, which reuses the artifact discovery and loading here.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from engines.base import EngineError
 from engines.manifest import read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 
-from .build import agreement, engine_outputs, load_model, log, sample_inputs
-from .config import Pipeline
-from .errors import UserError
+from ..compile.build import agreement, engine_outputs, load_model, log, sample_inputs
+from ..config import Pipeline
+from ..errors import UserError
 from .speed import latency_summary, timed_calls
 
 

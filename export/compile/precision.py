@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from .errors import UserError
+from ..errors import UserError
 from .rewrites import keep_float_nodes
 
 # Ops whose FP16 evaluation overflows or loses too much: LayerNorm after attention (TensorRT #2781, #3692),

@@ -506,7 +506,7 @@ def _load_data() -> dict[str, Any]:
         unknown = sorted(set(entry["checks"]) - set(_RULES))
         if unknown:
             raise ValueError(
-                f"{DATA_FILE}: TensorRT {version} lists checks {unknown} that export/compat.py does not "
+                f"{DATA_FILE}: TensorRT {version} lists checks {unknown} that export/compile/compat.py does not "
                 f"implement; implemented: {', '.join(sorted(_RULES))}")
     return data
 

@@ -35,20 +35,20 @@ from engines.base import EngineError
 from engines.cpu import this_cpu
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import create_model, get_spec, training_only_keys
-from models.data import IGNORE, DataError, open_dataset
+from data import IGNORE, DataError, open_dataset
 
 from . import compat
-from .config import ModelConfig, Pipeline, class_names, palette
-from .errors import UserError
-from .images import list_images, preprocess, read_rgb, synthetic_scene
+from ..config import ModelConfig, Pipeline, class_names, palette
+from ..errors import UserError
+from ..images import list_images, preprocess, read_rgb, synthetic_scene
 from .frame_io import embed_frame_io
-from .metrics import compare, compare_classes, confusion, mean_iou
+from ..measure.metrics import compare, compare_classes, confusion, mean_iou
 from .onnx_export import OPSET, export_onnx
 from .accuracy_guard import fp16_with_range_guard, int8_with_budget
 from .precision import DEFAULT_CPU_INT8_SCHEME, int8_weight_max, to_fp16, to_int8
 from .rewrites import apply_rewrites
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

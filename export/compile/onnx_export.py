@@ -11,8 +11,8 @@ import onnx
 import torch
 from torch import nn
 
-from .ops import DOMAIN, VERSION, translation_table
-from .errors import UserError
+from ..ops import DOMAIN, VERSION, translation_table
+from ..errors import UserError
 
 OPSET = 18  # >= 17 so LayerNormalization is a native node (FP16 TensorRT SegFormer is wrong without it).
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from engines.manifest import atomic_write
 
-from .errors import UserError
+from ..errors import UserError
 
 
 # Terminal -----------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def render_markdown(result: dict) -> str:
 
 
 def guard_lines(rows: list[dict]) -> list[str]:
-    """What the build's accuracy guards (export/accuracy_guard.py) did to each engine, from its manifest."""
+    """What the build's accuracy guards (export/compile/accuracy_guard.py) did to each engine, from its manifest."""
     lines = []
     for r in rows:
         guard = r.get("precision_guard")

@@ -4,7 +4,7 @@ For each model in the pipeline, on the same images: mIoU, per-class IoU and pixe
 every engine against the labels, and each engine's mIoU delta from PyTorch; agreement with PyTorch (logit
 error, pixel agreement, mIoU against PyTorch's predictions) as in the plain check, here over the dataset;
 and speed beside accuracy (latency distributions at batch 1 and N, peak memory, size, FLOPs and the share
-of peak, see export/speed.py).
+of peak, see export/measure/speed.py).
 
 Scoring happens at the model's input size, where the engines run: images are resized with INTER_LINEAR,
 labels with INTER_NEAREST, and label 255 is ignored. Images are streamed one at a time, with PyTorch and
@@ -23,13 +23,13 @@ import torch
 
 from engines import artifacts as layout
 from models import count_parameters
-from models.data import IGNORE
+from data import IGNORE
 
-from .build import Samples, load_model, log
+from ..compile.build import Samples, load_model, log
 from .check import artifacts, machine_description, open_artifact
-from .config import ModelConfig, Pipeline
-from .errors import UserError
-from .images import preprocess
+from ..config import ModelConfig, Pipeline
+from ..errors import UserError
+from ..images import preprocess
 from .metrics import confusion, mean_iou
 from .speed import PeakMemory, count_macs, latency_summary, measured_peak, theoretical_peak, timed_calls
 
@@ -107,7 +107,7 @@ def class_map(output: np.ndarray, embedded: bool, num_classes: int) -> np.ndarra
 # Data ---------------------------------------------------------------------------------------------------
 def open_labelled(options: DataOptions):
     """The dataset ``options`` name; every problem with it is one UserError line."""
-    from models.data import DataError, open_dataset
+    from data import DataError, open_dataset
 
     try:
         dataset = open_dataset(options.root, layout=options.layout, limit=options.limit)
@@ -121,7 +121,7 @@ def open_labelled(options: DataOptions):
 
 def labelled_frame(dataset, index: int, size: tuple[int, int], root: str) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` at ``size`` (H, W) as uint8 RGB, and its labels resized with nearest neighbour."""
-    from models.data import DataError
+    from data import DataError
 
     try:
         rgb, label = dataset[index]

@@ -1,7 +1,7 @@
-"""``python -m models.train``: train a registered model on CPU, deterministically, from synthetic street scenes
+"""``python -m training``: train a registered model on CPU, deterministically, from synthetic street scenes
 or a labelled folder, and save a state dict the export pipeline loads.
 
-    python -m models.train --model bisenetv2 --steps 600 --size 128x256 --out weights/bisenetv2_synthetic.pt
+    python -m training --model bisenetv2 --steps 600 --size 128x256 --out weights/bisenetv2_synthetic.pt
 
 The demo weights in weights/ were made with the commands in weights/README.md. Auxiliary training heads
 are trained but not saved: they are dropped at export anyway, and leaving them out keeps the files small.
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import create_model, get_spec, training_only_keys
-from .data import IGNORE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
+from models import create_model, get_spec, training_only_keys
+from data import IGNORE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # the pipeline's default normalization (RGB, 0-255)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -135,7 +135,7 @@ def deployed_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--data", default="synthetic", help="'synthetic' or a labelled folder (any layout export check reads)")
     p.add_argument("--steps", type=int, default=600)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    info["command"] = "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    info["command"] = "python -m training " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(deployed_state_dict(model), out)
