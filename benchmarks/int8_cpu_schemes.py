@@ -29,21 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.cpu import this_cpu  # noqa: E402
 from engines.emulated_cpu import AVX2_WITHOUT_VNNI, run_emulated, unavailable_reason  # noqa: E402
 from engines.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from export.compile.build import BuildOptions, ModelBuild, source_hash  # noqa: E402
+from export.compile.build import BuildOptions, ModelBuild  # noqa: E402
+from export.compile.sources import source_hash  # noqa: E402
 from export.config import load_pipeline  # noqa: E402
-from export.measure.metrics import compare  # noqa: E402
+from export.measure.metrics import compare, label_miou  # noqa: E402
 from export.compile.precision import CPU_INT8_SCHEMES, int8_weight_max, to_int8  # noqa: E402
 
 
 def miou_of(unit: ModelBuild, logits: list[np.ndarray], labels: list[np.ndarray]) -> float:
-    from export.measure.metrics import confusion, mean_iou
-
-    n = unit.cfg.num_classes
-    conf = np.zeros((n, n), np.int64)
-    for out, label in zip(logits, labels):
-        valid = label != 255
-        conf += confusion(out.argmax(1)[0][valid], label[valid], n)
-    return 100 * mean_iou(conf)
+    return label_miou((out.argmax(1)[0] for out in logits), labels, unit.cfg.num_classes)
 
 
 def main() -> None:
@@ -68,8 +62,8 @@ def main() -> None:
         if cfg.name not in args.models.split(","):
             continue
         unit = ModelBuild(pipeline, cfg, Path("build/int8_schemes"), BuildOptions(), source_hash(cfg.name))
-        reference, _ = unit.accuracy_scorer()
-        images, labels = unit.evaluation_set()
+        scorer = unit.accuracy_scorer()
+        reference, images, labels = scorer.reference, scorer.images, scorer.labels
         graph, calibration = unit.rewritten("onnxruntime"), unit.calibration()[0]
         with torch.no_grad():
             pytorch = [unit.model(torch.from_numpy(x)).numpy() for x in images[:args.emulate]]

@@ -30,10 +30,12 @@ def _shared_fixtures(item: pytest.Item) -> list[str]:
         if not defs or defs[-1].scope == "function" or not defs[-1].baseid:
             continue
         param = item.callspec.params.get(name) if hasattr(item, "callspec") else None
-        keys.append(f"{defs[-1].baseid}::{name}" + (f"[{param}]" if param is not None else ""))
+        # No brackets or "@" in a group name: xdist finds the group after the nodeid's last "]".
+        keys.append(f"{defs[-1].baseid}::{name}" + (f"={param}" if param is not None else ""))
     return keys
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     # Tests that share any costly fixture, directly or through another test, form one group (union-find).
     parent: dict[str, str] = {}

@@ -1,5 +1,5 @@
 """An engine rebuilds only when something that shapes it changed: its code hash covers ``export/``,
-``engines/`` and the ``models`` modules its architecture imports, not every model file."""
+``engines/``, ``data/`` and the ``models`` modules its architecture imports, not every model file."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.compile.build import PROJECT_ROOT, model_sources, source_hash
+from export.compile.sources import PROJECT_ROOT, model_sources, source_hash
 from helpers import tiny_pipeline
 from models import MODELS, create_model, get_spec
 
@@ -47,6 +47,7 @@ def changed_models(root: Path, edit: str) -> set[str]:
     ("models/__init__.py", set()),  # registration only
     ("models/base.py", set(MODELS)),
     ("export/compile/precision.py", set(MODELS)),
+    ("data/layouts.py", set(MODELS)),  # how accuracy.data is read decides what INT8 keeps in float
 ])
 def test_an_edit_changes_the_code_hash_of_the_models_it_shapes(repo_copy, edit, rebuilt):
     assert changed_models(repo_copy, edit) == rebuilt

@@ -317,7 +317,7 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
     frame = synthetic_scene(7, (64, 64))
     with OnnxRuntimeRunner.from_engine(path) as runner:
         classes = runner.infer({"frames": frame[None]})["classes"]
-    from export.compile.build import load_model
+    from export.compile.weights import load_model
     from export.config import load_pipeline
 
     torch_model, _ = load_model(load_pipeline(config).models[0], load_pipeline(config))

@@ -61,3 +61,14 @@ def test_backends_are_the_artifact_targets():
     from export.config import BACKENDS
 
     assert BACKENDS == TARGETS
+
+
+def test_every_backend_and_precision_the_config_accepts_has_its_handler():
+    """pipeline.yaml's names, the build's registries and the build folder's layout agree."""
+    from engines import artifacts
+    from export.compile.backends import BACKENDS as BUILDERS
+    from export.compile.precisions import PRECISIONS as HANDLERS
+    from export.config import BACKENDS, PRECISIONS
+
+    assert set(BACKENDS) == set(BUILDERS) == set(artifacts.TARGETS)
+    assert set(PRECISIONS) == set(HANDLERS) == set(artifacts.PRECISIONS)

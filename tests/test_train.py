@@ -19,7 +19,7 @@ def test_a_few_steps_lower_the_loss_deterministically():
 
 
 def test_saved_weights_leave_out_aux_heads_and_load_for_export(tmp_path):
-    from export.compile.build import load_model
+    from export.compile.weights import load_model
     from export.config import ModelConfig, Pipeline
 
     out = tmp_path / "w.pt"

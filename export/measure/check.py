@@ -17,7 +17,9 @@ from engines.base import EngineError
 from engines.manifest import read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 
-from ..compile.build import agreement, engine_outputs, load_model, log, sample_inputs
+from ..compile.weights import load_model
+from ..log import log
+from .samples import agreement, engine_outputs, sample_inputs
 from ..config import Pipeline
 from ..errors import UserError
 from .speed import latency_summary, timed_calls

@@ -25,7 +25,9 @@ from engines import artifacts as layout
 from models import count_parameters
 from data import IGNORE
 
-from ..compile.build import Samples, load_model, log
+from ..compile.weights import load_model
+from ..log import log
+from .samples import Samples
 from .check import artifacts, machine_description, open_artifact
 from ..config import ModelConfig, Pipeline
 from ..errors import UserError

@@ -1,7 +1,12 @@
-"""How close an engine's logits are to PyTorch's: shared by the build's parity gate and ``export check``."""
+"""How close an engine's logits are to PyTorch's (the build's parity gate, ``export check``), and mIoU against
+labels (the build's accuracy guard, ``check --data``, benchmarks)."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
+
+from data import IGNORE
 
 
 def confusion(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
@@ -57,3 +62,14 @@ def compare_classes(classes: list[np.ndarray], references: list[np.ndarray]) -> 
         conf += confusion(np.minimum(p, num_classes - 1), r, num_classes)
     return {"max_abs_error": None, "rel_l2_error": None, "pixel_agreement": agree / pixels,
             "miou_vs_pytorch": mean_iou(conf)}
+
+
+def label_miou(predictions: Iterable[np.ndarray], labels: Iterable[np.ndarray], num_classes: int,
+               ignore: int = IGNORE) -> float:
+    """mIoU in points (0-100) of predicted class maps against label maps of the same shape; pixels labelled
+    ``ignore`` are left out."""
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for pred, label in zip(predictions, labels):
+        valid = label != ignore
+        conf += confusion(pred[valid], label[valid], num_classes)
+    return 100 * mean_iou(conf)

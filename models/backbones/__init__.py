@@ -2,5 +2,7 @@
 ``out_channels`` and ``strides`` (relative to the input) describe them, one entry per map."""
 from .mit import MixTransformer
 from .resnet import ResNet, resnet
+from .vgg import VGG, vgg16
+from .vit import VisionTransformer
 
-__all__ = ["MixTransformer", "ResNet", "resnet"]
+__all__ = ["MixTransformer", "ResNet", "VGG", "VisionTransformer", "resnet", "vgg16"]

@@ -1,0 +1,155 @@
+"""Stage 5: engine builders, one class per backend, looked up by the name pipeline.yaml's ``backends`` use.
+
+Each turns the precision-annotated graph into its artifact (the file engines/artifacts.py places), measures
+that artifact against PyTorch and says where it runs. Where TensorRT is missing, the ``tensorrt`` backend is
+``TensorRTGraph``: the artifact is the TensorRT-bound graph itself (compiled on the device), measured here by
+ONNX Runtime running that same graph.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import engines.onnxruntime as ort_engine
+from engines import artifacts as layout
+from engines.base import EngineError, Runner
+from engines.cpu import this_cpu
+
+from ..config import ModelConfig, Pipeline
+from ..errors import UserError
+
+
+@dataclass
+class Compiled:
+    data: bytes  # the artifact's bytes
+    parity: dict  # its agreement with PyTorch (export/measure/samples.py ``parity``)
+    device: dict  # where it runs, for the manifest
+
+
+class Context(Protocol):
+    """What a backend reads from the model build it serves (export/compile/build.py ``ModelBuild``)."""
+
+    pipeline: Pipeline
+    cfg: ModelConfig
+    out: Path
+
+    def parity(self, make_runner: Callable[[], Runner]) -> dict: ...
+
+
+class Backend:
+    """One way to turn a graph into a deployable artifact."""
+
+    name: str  # the key in pipeline.yaml's backends and the folder under <out>/<model>/
+    kind = "engine"  # or "graph": the artifact is a graph compiled elsewhere
+
+    @property
+    def target(self) -> str:
+        """The rewrite target whose graphs this backend takes (export/compile/rewrites.py)."""
+        return self.name
+
+    def artifact(self, out: Path, model: str, precision: str) -> Path:
+        return layout.engine(out, model, self.name, precision)
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def cache_inputs(self, pipeline: Pipeline) -> dict:
+        """The backend's settings that shape the artifact (hashed into its cache key)."""
+        raise NotImplementedError
+
+    def compile(self, ctx: Context, graph: bytes, precision: str) -> Compiled:
+        raise NotImplementedError
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX Runtime engine: the graph optimized offline and saved, run on the CPU."""
+
+    name = "onnxruntime"
+
+    def version(self) -> str:
+        return ort_engine.VERSION
+
+    def cache_inputs(self, pipeline):
+        return {"session": asdict(pipeline.onnxruntime)}
+
+    def compile(self, ctx, graph, precision):
+        settings = ctx.pipeline.onnxruntime
+        data = ort_engine.build_engine(graph, settings.optimization_level)
+        parity = ctx.parity(lambda: ort_engine.OnnxRuntimeRunner(data, settings.threads,
+                                                                 settings.load_optimization_level))
+        device = {"device": "cpu", "processor": platform.processor() or platform.machine(), "cpu": this_cpu()}
+        return Compiled(data, parity, device)
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT plan, built and measured on this machine's GPU (engines/tensorrt.py, imported lazily)."""
+
+    name = "tensorrt"
+
+    def version(self) -> str:
+        from engines import tensorrt as trt_engine
+
+        return trt_engine.device_info()["tensorrt_version"]
+
+    def cache_inputs(self, pipeline):
+        return {"tensorrt": asdict(pipeline.tensorrt)}
+
+    def compile(self, ctx, graph, precision):
+        from engines import tensorrt as trt_engine
+
+        settings, size = ctx.pipeline.tensorrt, ctx.cfg.input
+        graph_path = layout.precision_graph(ctx.out, ctx.cfg.name, self.target, precision)
+        options = trt_engine.TensorRTOptions(
+            min_shape=(1, 3, *(size.min or size.size)), opt_shape=(1, 3, *size.size),
+            max_shape=(1, 3, *(size.max or size.size)), workspace_mib=settings.workspace_mib,
+            dla_core=settings.dla_core, version_compatible=settings.version_compatible,
+            hardware_compatibility=settings.hardware_compatibility,
+            timing_cache=Path(ctx.out) / settings.timing_cache,
+            builder_optimization_level=settings.builder_optimization_level,
+        )
+        try:
+            plan = trt_engine.build_engine(graph_path, options)
+        except EngineError as exc:
+            raise UserError(f"{ctx.cfg.name} {precision}: TensorRT build failed: {exc}") from None
+        tmp = graph_path.with_suffix(".plan.verify")
+        tmp.write_bytes(plan)
+        try:
+            parity = ctx.parity(lambda: trt_engine.TensorRTRunner(tmp, version_compatible=settings.version_compatible))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Compiled(plan, parity, trt_engine.device_info())
+
+
+class TensorRTGraph(TensorRTBackend):
+    """No TensorRT here: the TensorRT-bound graph is the artifact, measured by ONNX Runtime running that same
+    graph (Q/DQ simulated in FP32, as TensorRT's int32 accumulation computes it)."""
+
+    kind = "graph"
+
+    def artifact(self, out, model, precision):
+        return layout.precision_graph(out, model, self.target, precision)
+
+    def version(self) -> str:
+        return "graph"
+
+    def compile(self, ctx, graph, precision):
+        parity = ctx.parity(lambda: ort_engine.OnnxRuntimeRunner(graph, ctx.pipeline.onnxruntime.threads,
+                                                                 simulate_qdq=True))
+        parity["measured_with"] = (f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
+                                   + (", Q/DQ simulated in FP32" if precision == "int8" else ""))
+        return Compiled(graph, parity, {"device": "any NVIDIA GPU (compile on the target)"})
+
+
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (OnnxRuntimeBackend, TensorRTBackend)}
+
+
+def backend_for(name: str, tensorrt_reason: str | None = None) -> Backend:
+    """The builder of backend ``name``; for TensorRT where it is unavailable (``tensorrt_reason``), the
+    graph-only one."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    if name == "tensorrt" and tensorrt_reason:
+        return TensorRTGraph()
+    return BACKENDS[name]()

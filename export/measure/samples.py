@@ -1,0 +1,63 @@
+"""The inputs an engine is checked on against PyTorch, and the agreement of its outputs with PyTorch's: shared
+by the build's parity gate and ``python -m export check``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from engines.base import Runner
+
+from ..config import ModelConfig, Pipeline
+from ..images import list_images, preprocess, read_rgb, synthetic_scene
+from .metrics import compare, compare_classes
+
+
+@dataclass
+class Samples:
+    """Parity and speed inputs in both forms an engine may take, and PyTorch's logits for them."""
+
+    frames: list[np.ndarray]  # (1, H, W, 3) uint8 RGB at the model's input size
+    tensors: list[np.ndarray]  # (1, 3, H, W) float32, normalized
+    references: list[np.ndarray] | None = None
+
+    def feeds(self, embedded: bool) -> list[dict[str, np.ndarray]]:
+        return [{"frames": f} for f in self.frames] if embedded else [{"images": t} for t in self.tensors]
+
+
+def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch.nn.Module | None = None) -> Samples:
+    """Inputs for parity and speed checks: the check folder's images if one is named, else generated scenes.
+    With ``model``, also PyTorch's logits for them."""
+    h, w = cfg.input.size
+    folder = pipeline.resolve(pipeline.check.images)
+    if folder is not None:
+        images = [read_rgb(p) for p in list_images(folder, "check.images", count)]
+    else:
+        images = [synthetic_scene(1000 + i) for i in range(count)]  # resized below, like camera frames
+    frames = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)[None] for img in images]
+    samples = Samples(frames, [preprocess(f[0], (h, w), cfg.mean, cfg.std) for f in frames])
+    if model is not None:
+        with torch.no_grad():
+            samples.references = [model(torch.from_numpy(x)).numpy() for x in samples.tensors]
+    return samples
+
+
+def engine_outputs(runner: Runner, feeds: list[dict[str, np.ndarray]], embedded: bool) -> list[np.ndarray]:
+    """The engine's class maps (pre/post-processing embedded) or logits for each feed."""
+    key = "classes" if embedded else "logits"
+    return [runner.infer(feed)[key] for feed in feeds]
+
+
+def agreement(outputs: list[np.ndarray], references: list[np.ndarray], embedded: bool) -> dict:
+    """Agreement with PyTorch's logits: logit errors too where the engine outputs logits."""
+    return compare_classes(outputs, references) if embedded else compare(outputs, references)
+
+
+def parity(make_runner: Callable[[], Runner], samples: Samples, embedded: bool, size: list[int]) -> dict:
+    """Run a fresh runner over ``samples`` and measure its agreement with PyTorch."""
+    with make_runner() as runner:
+        outputs = engine_outputs(runner, samples.feeds(embedded), embedded)
+    return {**agreement(outputs, samples.references, embedded), "num_inputs": len(outputs), "size": list(size)}

@@ -1,0 +1,51 @@
+"""mIoU of a graph on the labelled set ``accuracy.data`` names, against PyTorch's: what the build's INT8
+accuracy budget is held to (export/compile/accuracy_guard.py) and what benchmarks compare schemes by."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import torch
+
+import engines.onnxruntime as ort_engine
+from data import DataError, open_dataset
+
+from ..config import ModelConfig, Pipeline
+from ..errors import UserError
+from ..images import preprocess
+from .metrics import label_miou
+
+
+def evaluation_set(pipeline: Pipeline, cfg: ModelConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """accuracy.data at the model's input size: preprocessed (1,3,H,W) images and (H,W) label maps."""
+    acc = pipeline.accuracy
+    try:
+        dataset = open_dataset(pipeline.resolve(acc.data), acc.layout, limit=acc.limit)
+        if dataset.num_classes != cfg.num_classes:
+            raise UserError(f"accuracy.data {acc.data} has {dataset.num_classes} classes, {cfg.name} "
+                            f"has num_classes={cfg.num_classes}")
+        items = [dataset[i] for i in range(len(dataset))]
+    except DataError as exc:
+        raise UserError(f"accuracy.data: {exc}") from None
+    h, w = cfg.input.size
+    images = [preprocess(img, (h, w), cfg.mean, cfg.std) for img, _ in items]
+    labels = [cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) for _, lab in items]
+    return images, labels
+
+
+class AccuracyScorer:
+    """PyTorch's mIoU (``reference``, points) on accuracy.data, and ``score(graph)``: a graph's, run by ONNX
+    Runtime; ``simulate_qdq`` runs Q/DQ in FP32 as TensorRT computes it (engines/onnxruntime.py)."""
+
+    def __init__(self, pipeline: Pipeline, cfg: ModelConfig, model: torch.nn.Module) -> None:
+        self.images, self.labels = evaluation_set(pipeline, cfg)
+        self.num_classes, self.threads = cfg.num_classes, pipeline.onnxruntime.threads
+        with torch.no_grad():
+            self.reference = self.miou(model(torch.from_numpy(x)).argmax(1)[0].numpy() for x in self.images)
+
+    def miou(self, predictions) -> float:
+        return label_miou(predictions, self.labels, self.num_classes)
+
+    def score(self, graph: onnx.ModelProto, simulate_qdq: bool = False) -> float:
+        with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.threads, simulate_qdq=simulate_qdq) as r:
+            return self.miou(r.infer({"images": x})["logits"].argmax(1)[0] for x in self.images)
