@@ -2,10 +2,11 @@
 synthetic street scenes with exact labels. Imports only numpy and OpenCV, so any layer may use it."""
 from .layouts import (ADE20K_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_TRAIN_IDS, IGNORE, LAYOUTS, VOC_CLASSES,
                       DataError, SegmentationDataset, detect_layout, open_dataset, voc_colormap)
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene, write_dataset
+from .synthetic import CHECK_SEED, EVAL_SEED, SAMPLES_SEED, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene, write_dataset
 
 __all__ = [
     "ADE20K_CLASSES", "CITYSCAPES_CLASSES", "CITYSCAPES_TRAIN_IDS", "IGNORE", "LAYOUTS", "VOC_CLASSES",
     "DataError", "SegmentationDataset", "detect_layout", "open_dataset", "voc_colormap",
-    "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "render_scene", "write_dataset",
+    "CHECK_SEED", "EVAL_SEED", "SAMPLES_SEED", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "render_scene",
+    "write_dataset",
 ]

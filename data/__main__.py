@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .synthetic import write_dataset
+from .synthetic import EVAL_SEED, write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", default="256x512", help="HxW")
-    p.add_argument("--seed", type=int, default=1_000_000, help="first scene's seed (training uses seeds below 1e6)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first scene's seed (training uses seeds below {EVAL_SEED})")
     args = p.parse_args(argv)
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))

@@ -38,6 +38,11 @@ SYNTHETIC_PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, VEHICLE, PERSON, POLE, SIGN, TERRAIN = range(10)
 
+# Who uses which seeds, so no set sees another's scenes: training below EVAL_SEED; the evaluation sets
+# `python -m data` writes from EVAL_SEED; samples/ (the calibration set) from SAMPLES_SEED; the build's and
+# `export check`'s parity inputs, where no folder is named, from CHECK_SEED.
+EVAL_SEED, SAMPLES_SEED, CHECK_SEED = 1_000_000, 2_000_000, 3_000_000
+
 Colour = np.ndarray  # (3,) float RGB
 
 

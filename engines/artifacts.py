@@ -40,7 +40,8 @@ def built(out: Path, model: str) -> list[Path]:
     """Every artifact with a manifest for ``model``: ONNX Runtime engines, TensorRT plans and TensorRT-bound
     graphs, each group in precision order."""
     found = []
-    for backend, suffix in (("onnxruntime", ENGINE_SUFFIX["onnxruntime"]), ("tensorrt", ".plan"), ("tensorrt", ".onnx")):
+    kinds = [*ENGINE_SUFFIX.items(), ("tensorrt", ".onnx")]
+    for backend, suffix in kinds:  # the TensorRT-bound graph (precision_graph) is an artifact where TensorRT is not
         for precision in PRECISIONS:
             path = Path(out) / model / backend / f"{precision}{suffix}"
             if path.exists() and manifest_path(path).exists():

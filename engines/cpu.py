@@ -47,20 +47,27 @@ def saturates(kernels: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or platform.machine(), frozenset()
+def cpuinfo() -> tuple[dict[str, str], int | None]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none), and the number of physical
+    cores (distinct (physical id, core id) pairs; None where the file has no core ids)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model in ("", platform.machine()):
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = frozenset(value.split())
-    return model, flags
+        return {}, None
+    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
+    fields = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in b.splitlines())) for b in blocks]
+    cores = {(f.get("physical id"), f.get("core id")) for f in fields if "core id" in f}
+    return (fields[0] if fields else {}), (len(cores) or None)
+
+
+def cpu_flags(info: dict[str, str]) -> frozenset[str]:
+    """The feature flags of a cpuinfo block (x86 ``flags``, Arm ``Features``)."""
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    info, _ = cpuinfo()
+    return info.get("model name") or platform.processor() or platform.machine(), cpu_flags(info)
 
 
 def this_cpu() -> dict:

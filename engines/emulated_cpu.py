@@ -25,9 +25,16 @@ AVX2_WITHOUT_VNNI = "Haswell-v4"
 QEMU = "qemu-x86_64"
 
 
-def unavailable_reason() -> str | None:
+def host_reason() -> str | None:
+    """Why this host cannot emulate an x86 CPU at all (None: it can, once qemu-user is installed)."""
     if os.uname().machine != "x86_64":
         return f"emulating an x86 CPU needs an x86_64 host, this is {os.uname().machine}"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    if host_reason():
+        return host_reason()
     if shutil.which(QEMU) is None:
         return f"{QEMU} is not installed (apt-get install qemu-user)"
     return None
@@ -42,7 +49,7 @@ def run_emulated(graph: bytes, feeds: list[dict[str, np.ndarray]], cpu: str = AV
     with tempfile.TemporaryDirectory() as tmp:
         model, inputs, outputs = (Path(tmp) / n for n in ("graph.onnx", "inputs.npz", "outputs.npz"))
         model.write_bytes(graph)
-        np.savez(inputs, **{f"{i}/{name}": value for i, feed in enumerate(feeds) for name, value in feed.items()})
+        _save(inputs, feeds)
         command = [QEMU, "-cpu", cpu, sys.executable, "-m", "engines.emulated_cpu", str(model), str(inputs),
                    str(outputs), str(threads)]
         done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
@@ -50,12 +57,21 @@ def run_emulated(graph: bytes, feeds: list[dict[str, np.ndarray]], cpu: str = AV
         if done.returncode != 0:
             last = [line for line in done.stderr.splitlines() if "warning: TCG" not in line][-1:]
             raise EngineError(f"ONNX Runtime under {QEMU} -cpu {cpu} failed: {' '.join(last) or done.returncode}")
-        with np.load(outputs) as data:
-            results: list[dict[str, np.ndarray]] = [{} for _ in feeds]
-            for key in data.files:
-                index, _, name = key.partition("/")
-                results[int(index)][name] = data[key]
-        return results
+        return _load(outputs)
+
+
+def _save(path: Path | str, items: list[dict[str, np.ndarray]]) -> None:
+    """A list of name -> array dicts as one .npz, keyed "<index>/<name>" (the process boundary's format)."""
+    np.savez(path, **{f"{i}/{name}": value for i, item in enumerate(items) for name, value in item.items()})
+
+
+def _load(path: Path | str) -> list[dict[str, np.ndarray]]:
+    items: dict[int, dict[str, np.ndarray]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            index, _, name = key.partition("/")
+            items.setdefault(int(index), {})[name] = data[key]
+    return [items[i] for i in sorted(items)]
 
 
 def _main(model: str, inputs: str, outputs: str, threads: str = "2") -> None:
@@ -65,14 +81,8 @@ def _main(model: str, inputs: str, outputs: str, threads: str = "2") -> None:
     options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feeds: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(inputs) as data:
-        for key in data.files:
-            index, _, name = key.partition("/")
-            feeds.setdefault(int(index), {})[name] = data[key]
     names = [o.name for o in session.get_outputs()]
-    np.savez(outputs, **{f"{i}/{n}": v for i, feed in sorted(feeds.items())
-                         for n, v in zip(names, session.run(names, feed))})
+    _save(outputs, [dict(zip(names, session.run(names, feed))) for feed in _load(inputs)])
 
 
 if __name__ == "__main__":

@@ -112,3 +112,10 @@ def verify_engine_file(engine_path: Path, manifest: dict) -> None:
     if expected != sha256_file(Path(engine_path)):
         raise EngineError(f"engine {engine_path} does not match its manifest (changed or damaged file); rebuild "
                           f"with python -m export build --force --models {manifest.get('model', '?')}")
+
+
+def embeds_pre_post(manifest: dict) -> bool:
+    """Whether the engine takes uint8 frames and returns the class map, normalization and argmax inside
+    (pipeline.yaml ``embed_pre_post``). Manifests written before the flag had its own key said it in
+    ``input.embedded_preprocessing``."""
+    return bool(manifest.get("embed_pre_post", manifest.get("input", {}).get("embedded_preprocessing", False)))

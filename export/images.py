@@ -1,4 +1,4 @@
-"""Images in: reading a user's folder, the model's preprocessing, and generated test scenes."""
+"""Images in: reading a user's folder and the model's preprocessing (generated scenes: data/synthetic.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,6 @@ import numpy as np
 from data.layouts import IMAGE_SUFFIXES
 
 from .errors import UserError
-
 
 
 def list_images(folder: Path, purpose: str, limit: int | None = None) -> list[Path]:
@@ -44,33 +43,3 @@ def preprocess(rgb: np.ndarray, size: tuple[int, int], mean: list[float], std: l
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
     x = (rgb.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
-
-def synthetic_scene(seed: int, size: tuple[int, int] = (256, 512)) -> np.ndarray:
-    """A deterministic street-like picture (sky, buildings, road, objects, noise), (H, W, 3) uint8 RGB.
-
-    Stands in for camera frames where the user has named no folder, e.g. for speed checks. It is not
-    a calibration set: INT8 calibration always reads a folder of images.
-    """
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.zeros((h, w, 3), np.float32)
-    horizon = int(h * rng.uniform(0.35, 0.55))
-    t = np.linspace(0, 1, horizon)[:, None, None]
-    img[:horizon] = (1 - t) * np.array([90, 140, 220]) + t * np.array([190, 210, 235])  # sky
-    img[horizon:] = np.array([105, 100, 110]) * rng.uniform(0.8, 1.1)  # road
-    x = 0
-    while x < w:  # buildings along the horizon
-        bw = int(rng.integers(max(1, w // 12), max(2, w // 4)))
-        bh = int(rng.integers(max(1, horizon // 3), max(2, horizon)))
-        img[horizon - bh:horizon, x:x + bw] = rng.integers(60, 200, 3)
-        x += bw
-    for _ in range(int(rng.integers(2, 6))):  # cars and people as blobs on the road
-        cy, cx = int(rng.integers(horizon, h)), int(rng.integers(0, w))
-        axes = (int(rng.integers(1, max(2, w // 8))), int(rng.integers(1, max(2, h // 8))))
-        cv2.ellipse(img, (cx, cy), axes, 0, 0, 360,
-                    tuple(float(c) for c in rng.integers(0, 255, 3)), -1)
-    cv2.line(img, (w // 2, h), (w // 2, horizon), (240, 240, 240), max(1, w // 100))  # lane marking
-    img *= rng.uniform(0.7, 1.2)  # lighting
-    img += rng.normal(0, 6, img.shape)  # sensor noise
-    return np.clip(img, 0, 255).astype(np.uint8)

@@ -53,22 +53,13 @@ class AllMLPDecoder(nn.Module):
 
 
 class SegFormer(SegmentationModel):
-    """MiT encoder + all-MLP decoder; ``forward(images)`` returns logits at the input size."""
+    """MiT encoder + all-MLP decoder; ``forward(images)`` returns logits at the input size. ``encoder``
+    keyword arguments go to ``MixTransformer`` (embed_dims, num_heads, depths, sr_ratios, mlp_ratio,
+    drop_path_rate, in_channels)."""
 
-    def __init__(
-        self,
-        num_classes: int = 19,
-        embed_dims: tuple[int, ...] = (64, 128, 320, 512),
-        num_heads: tuple[int, ...] = (1, 2, 5, 8),
-        depths: tuple[int, ...] = (2, 2, 2, 2),
-        sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.1,
-        decoder_dim: int = 256,
-        decoder_dropout: float = 0.1,
-        in_channels: int = 3,
-    ) -> None:
-        backbone = MixTransformer(embed_dims, num_heads, depths, sr_ratios, mlp_ratio, drop_path_rate, in_channels)
+    def __init__(self, num_classes: int = 19, decoder_dim: int = 256, decoder_dropout: float = 0.1,
+                 **encoder) -> None:
+        backbone = MixTransformer(**encoder)
         head = AllMLPDecoder(backbone.out_channels, decoder_dim, num_classes, decoder_dropout)
         super().__init__(backbone, head, num_classes)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from engines import artifacts as layout
 from engines.base import EngineError, Runner
-from engines.manifest import read_manifest
+from engines.manifest import embeds_pre_post, read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
 
 from .types import Legend, RuntimeFault
@@ -83,7 +83,7 @@ class SegmentationEngine:
         m = self.manifest
         self.path = path
         self.size = tuple(m["input"]["size"])  # (H, W) the engine runs at
-        self.embedded = bool(m["input"].get("embedded_preprocessing"))
+        self.pre_post = embeds_pre_post(m)
         self.input_name, self.output_name = m["input"]["name"], m["output"]["name"]
         self.mean = np.asarray(m["normalization"]["mean"], np.float32)
         self.inv_std = 1 / np.asarray(m["normalization"]["std"], np.float32)
@@ -104,14 +104,14 @@ class SegmentationEngine:
         if frame_bgr.shape[:2] != (h, w):
             frame_bgr = cv2.resize(frame_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        if self.embedded:
+        if self.pre_post:
             return {self.input_name: rgb[None]}  # (1, H, W, 3) uint8: normalization happens in the engine
         x = (rgb.astype(np.float32) - self.mean) * self.inv_std
         return {self.input_name: np.ascontiguousarray(x.transpose(2, 0, 1)[None])}  # (1, 3, H, W)
 
     def postprocess(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         out = outputs[self.output_name]
-        if self.embedded:
+        if self.pre_post:
             return out[0]  # (H, W) uint8 from the engine's argmax
         return out[0].argmax(0).astype(np.uint8)  # (C, H, W) logits -> (H, W)
 

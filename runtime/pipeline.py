@@ -114,15 +114,60 @@ class _Latest:
 def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: list[Output], options: RunOptions,
         stop: threading.Event, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Run until the source ends, ``max_frames`` are done or ``stop`` is set; returns the summary."""
-    stats = Stats()
-    errors: list[BaseException] = []
-    frames_in: _Latest | queue.Queue = _Latest() if info.live else queue.Queue(maxsize=4)
-    results: queue.Queue = queue.Queue(maxsize=4)
-    stats_file = open(options.stats_path, "w") if options.stats_path else None
+    return _Run(source, info, engine, outputs, options, stop, log).run()
 
-    output_done = threading.Event()
 
-    def put(q: queue.Queue, item: object, always: bool = False) -> None:
+class _Run:
+    """One run: three threads (capture, infer, output) joined by two bounded queues, and the main thread
+    waiting on them. A thread's exception stops the others and is reported after everything is closed."""
+
+    def __init__(self, source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: list[Output],
+                 options: RunOptions, stop: threading.Event, log: Callable[[str], None]) -> None:
+        self.source, self.engine, self.outputs, self.options, self.stop, self.log = (
+            source, engine, outputs, options, stop, log)
+        self.stats = Stats()
+        self.errors: list[BaseException] = []
+        self.frames_in: _Latest | queue.Queue = _Latest() if info.live else queue.Queue(maxsize=4)
+        self.results: queue.Queue = queue.Queue(maxsize=4)
+        self.output_done = threading.Event()
+        self.stats_file = None
+
+    def run(self) -> dict:
+        threads = [threading.Thread(target=self._guarded(f), name=f.__name__, daemon=True)
+                   for f in (self.capture, self.infer, self.output)]
+        self.stats_file = open(self.options.stats_path, "w") if self.options.stats_path else None
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)  # short joins keep the main thread free for Ctrl-C / SIGTERM handlers
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            if self.stats_file:
+                self.stats_file.close()
+        if self.source.counters.get("corrupt"):
+            self.stats.dropped["corrupt"] += self.source.counters["corrupt"]
+        summary = {**self.stats.summary(), "source": dict(self.source.counters)}
+        fatal = [e for e in self.errors if not isinstance(e, RuntimeFault)]
+        if fatal:
+            raise fatal[0]
+        if self.errors:
+            summary["error"] = str(self.errors[0])
+        return summary
+
+    def _guarded(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def wrapper() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # reported by the main thread, after everything is closed
+                self.errors.append(exc)
+                self.stop.set()
+        return wrapper
+
+    def _put(self, q: queue.Queue, item: object, always: bool = False) -> None:
         """Blocking put that gives up once ``stop`` is set; with ``always`` (results, which the output thread
         drains to the end) only once the output thread is gone."""
         while True:
@@ -130,143 +175,105 @@ def run(source: Source, info: SourceInfo, engine: SegmentationEngine, outputs: l
                 q.put(item, timeout=0.1)
                 return
             except queue.Full:
-                if (stop.is_set() and not always) or output_done.is_set():
+                if (self.stop.is_set() and not always) or self.output_done.is_set():
                     return
 
-    def guarded(fn):
-        def wrapper():
-            try:
-                fn()
-            except BaseException as exc:  # reported by the main thread, after everything is closed
-                errors.append(exc)
-                stop.set()
-        return wrapper
-
-    @guarded
-    def capture() -> None:
+    # Capture thread: read, preprocess, hand over (live: replace the untaken frame) ----------------------
+    def capture(self) -> None:
+        latest = self.frames_in if isinstance(self.frames_in, _Latest) else None
         try:
-            while not stop.is_set():
-                frame = source.read()
+            while not self.stop.is_set():
+                frame = self.source.read()
                 if frame is None:
                     break
                 t0 = time.perf_counter()
-                item = (frame, engine.preprocess(frame.image), {"capture": frame.capture_seconds,
-                                                                "pre": time.perf_counter() - t0})
-                if isinstance(frames_in, _Latest):
-                    if frames_in.put(item):
-                        stats.dropped["stale"] += 1
-                else:
-                    put(frames_in, item)
+                item = (frame, self.engine.preprocess(frame.image), {"capture": frame.capture_seconds,
+                                                                     "pre": time.perf_counter() - t0})
+                if latest is None:
+                    self._put(self.frames_in, item)
+                elif latest.put(item):
+                    self.stats.dropped["stale"] += 1
         finally:
-            if isinstance(frames_in, _Latest):
-                frames_in.put(_END)
+            if latest is None:
+                self._put(self.frames_in, _END)
             else:
-                put(frames_in, _END)
+                latest.put(_END)
 
-    def next_frame() -> tuple[Frame, dict, dict] | None:
-        if isinstance(frames_in, _Latest):
-            item = frames_in.get(stop)
+    # Inference thread: submit frame n+1, then collect frame n -----------------------------------------
+    def _next_frame(self) -> tuple[Frame, dict, dict] | None:
+        if isinstance(self.frames_in, _Latest):
+            item = self.frames_in.get(self.stop)
         else:
             item = _END
-            while not stop.is_set() or not frames_in.empty():
+            while not self.stop.is_set() or not self.frames_in.empty():
                 try:
-                    item = frames_in.get(timeout=0.1)
+                    item = self.frames_in.get(timeout=0.1)
                     break
                 except queue.Empty:
                     continue
         return None if item is _END else item
 
-    @guarded
-    def infer() -> None:
+    def _finish(self, pending: deque) -> None:
+        frame, ticket, timings = pending.popleft()
+        t0 = time.perf_counter()
+        raw = self.engine.runner.collect(ticket)
+        # Time spent in submit plus in collect: a synchronous backend does all its work in submit, an
+        # asynchronous one mostly waits in collect; neither counts the other frame's work in between.
+        timings["infer"] += time.perf_counter() - t0
+        self._put(self.results, (frame, raw, timings), always=True)
+
+    def infer(self) -> None:
         pending: deque = deque()
-        done = 0
-
-        def finish() -> None:
-            frame, ticket, timings = pending.popleft()
-            t0 = time.perf_counter()
-            raw = engine.runner.collect(ticket)
-            # Time spent in submit plus in collect: a synchronous backend does all its work in submit, an
-            # asynchronous one mostly waits in collect; neither counts the other frame's work in between.
-            timings["infer"] += time.perf_counter() - t0
-            put(results, (frame, raw, timings), always=True)
-
+        done, limit = 0, self.options.max_frames
         try:
-            while options.max_frames is None or done < options.max_frames:
-                item = next_frame()
+            while limit is None or done < limit:
+                item = self._next_frame()
                 if item is None:
                     break
                 frame, feed, timings = item
                 t0 = time.perf_counter()
-                ticket = engine.runner.submit(feed)
+                ticket = self.engine.runner.submit(feed)
                 timings["infer"] = time.perf_counter() - t0
                 pending.append((frame, ticket, timings))
                 done += 1
                 if len(pending) == 2:
-                    finish()
+                    self._finish(pending)
             while pending:
-                finish()
+                self._finish(pending)
         finally:
-            if options.max_frames is not None and done >= options.max_frames:
-                stop.set()  # enough frames: let capture end too
-            put(results, _END, always=True)  # the output thread reads until it sees this
+            if limit is not None and done >= limit:
+                self.stop.set()  # enough frames: let capture end too
+            self._put(self.results, _END, always=True)  # the output thread reads until it sees this
 
-    @guarded
-    def output() -> None:
-        try:
-            write_results()
-        finally:
-            output_done.set()
-
-    def write_results() -> None:
+    # Output thread: postprocess, draw, write, record ----------------------------------------------------
+    def output(self) -> None:
         last_report = time.monotonic()
-        while True:
-            got = results.get()
-            if got is _END:
-                return
-            frame, raw, timings = got
-            t0 = time.perf_counter()
-            item = Result(frame, engine.postprocess(raw), timings)
-            timings["post"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            text = f"{stats.fps():.1f} FPS  {1000 * sum(item.timings.values()):.0f} ms" if options.show_stats else None
-            image = render(item.frame.image, item.classes, engine.legend, options.view, options.alpha,
-                           options.show_legend, text)
-            for out in outputs:
-                out.write(item, image)
-            item.timings["output"] = time.perf_counter() - t0
-            end_to_end = time.monotonic() - item.frame.timestamp
-            stats.record(item, end_to_end)
-            if stats_file:
-                hist = np.bincount(item.classes.ravel(), minlength=len(engine.legend.names)) / item.classes.size
-                stats_file.write(json.dumps({
-                    "frame": item.frame.index, "end_to_end_ms": round(end_to_end * 1000, 3),
-                    "stages_ms": {k: round(v * 1000, 3) for k, v in item.timings.items()},
-                    "classes": {engine.legend.names[i]: round(float(f), 5) for i, f in enumerate(hist) if f > 0},
-                }) + "\n")
-            if time.monotonic() - last_report >= options.report_every:
-                log(stats.line())
-                last_report = time.monotonic()
+        try:
+            while (got := self.results.get()) is not _END:
+                self._write(*got)
+                if time.monotonic() - last_report >= self.options.report_every:
+                    self.log(self.stats.line())
+                    last_report = time.monotonic()
+        finally:
+            self.output_done.set()
 
-    threads = [threading.Thread(target=f, name=f.__name__, daemon=True) for f in (capture, infer, output)]
-    try:
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)  # short joins keep the main thread free for Ctrl-C / SIGTERM handlers
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
-        if stats_file:
-            stats_file.close()
-    for key, value in source.counters.items():
-        if key in ("corrupt",) and value:
-            stats.dropped[key] += value
-    summary = {**stats.summary(), "source": dict(source.counters)}
-    fatal = [e for e in errors if not isinstance(e, RuntimeFault)]
-    if fatal:
-        raise fatal[0]
-    if errors:
-        summary["error"] = str(errors[0])
-    return summary
+    def _write(self, frame: Frame, raw: object, timings: dict) -> None:
+        options, engine = self.options, self.engine
+        t0 = time.perf_counter()
+        item = Result(frame, engine.postprocess(raw), timings)
+        timings["post"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        text = f"{self.stats.fps():.1f} FPS  {1000 * sum(timings.values()):.0f} ms" if options.show_stats else None
+        image = render(frame.image, item.classes, engine.legend, options.view, options.alpha, options.show_legend, text)
+        for out in self.outputs:
+            out.write(item, image)
+        timings["output"] = time.perf_counter() - t0
+        end_to_end = time.monotonic() - frame.timestamp
+        self.stats.record(item, end_to_end)
+        if self.stats_file:
+            hist = np.bincount(item.classes.ravel(), minlength=len(engine.legend.names)) / item.classes.size
+            self.stats_file.write(json.dumps({
+                "frame": frame.index, "end_to_end_ms": round(end_to_end * 1000, 3),
+                "stages_ms": {k: round(v * 1000, 3) for k, v in timings.items()},
+                "classes": {engine.legend.names[i]: round(float(f), 5) for i, f in enumerate(hist) if f > 0},
+            }) + "\n")

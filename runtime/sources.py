@@ -33,11 +33,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import cv2
 import numpy as np
 
+from data import render_scene
+from data.layouts import IMAGE_SUFFIXES
+from data.synthetic import ROAD, SIDEWALK
+
 from .types import Frame, RuntimeFault, Source, SourceInfo
 
 Log = Callable[[str], None]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".avi", ".mkv", ".mov", ".webm", ".ts", ".mpg", ".mpeg", ".flv", ".wmv"}
 STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https"}
 SUPPORTED = ("supported: a camera (0, /dev/video0, v4l2:///dev/video0, csi://0), a stream (rtsp://, rtsps://, "
@@ -478,8 +481,9 @@ def _natural_key(path: Path) -> list:
 
 
 class SyntheticSource(Source):
-    """A generated street scene (sky, buildings, sidewalk, road) with cars and pedestrians moving across,
-    deterministic for a seed: the background is drawn once and the movers on a copy of it per frame.
+    """A generated street scene (data/synthetic.py's, the demo weights' training distribution) with cars and
+    pedestrians moving across, deterministic for a seed: the scene is drawn once and the movers on a copy of
+    it per frame.
 
     Throughput-first by default (tests and benchmarks: no clock to wait on); ``live=True`` paces frames at
     ``fps`` like a camera: a reader that falls behind gets the next frame at once, never a burst of backlog.
@@ -516,7 +520,7 @@ class SyntheticSource(Source):
         return cls(uri, **options)
 
     def open(self) -> SourceInfo:
-        self._background, self._movers = _street_background(self.size, self.seed), _movers(self.size, self.seed)
+        self._background, self._movers = _street(self.size, self.seed)
         self._due = time.monotonic()
         self.info = SourceInfo(self.uri, live=self.live, fps=self.fps, size=self.size)
         return self.info
@@ -554,52 +558,36 @@ class SyntheticSource(Source):
         return image
 
 
-def _street_background(size: tuple[int, int], seed: int) -> np.ndarray:
-    """Sky, buildings, sidewalk, road and lane markings, BGR, in the manner of export.images.synthetic_scene."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    horizon, kerb = int(h * 0.45), int(h * 0.55)
-    img = np.zeros((h, w, 3), np.float32)
-    t = np.linspace(0, 1, horizon)[:, None, None]
-    img[:horizon] = (1 - t) * np.array([220, 140, 90]) + t * np.array([235, 210, 190])  # sky
-    x = 0
-    while x < w:  # buildings with rows of windows
-        bw = int(rng.integers(max(2, w // 12), max(3, w // 5)))
-        bh = int(rng.integers(max(1, horizon // 3), max(2, horizon - 2)))
-        img[horizon - bh:horizon, x:x + bw] = rng.integers(60, 200, 3)
-        win = max(2, bw // 8)
-        for wy in range(horizon - bh + win, horizon - 2 * win, 3 * win):
-            for wx in range(x + win, x + bw - 2 * win, 3 * win):
-                img[wy:wy + win, wx:wx + win] = (70, 60, 40) if rng.random() < 0.7 else (150, 220, 240)
-        x += bw
-    img[horizon:kerb] = (175, 180, 185)  # sidewalk
-    img[kerb:] = np.array([110, 100, 105]) * rng.uniform(0.8, 1.1)  # road
-    lane = (h + kerb) // 2
-    for x in range(0, w, max(4, w // 8)):  # dashed centre line
-        cv2.line(img, (x, lane), (x + max(2, w // 16), lane), (235, 235, 235), max(1, h // 90))
-    img += rng.normal(0, 4, img.shape)  # sensor noise, fixed: drawing it per frame would cost more than the rest
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _movers(size: tuple[int, int], seed: int) -> list[tuple]:
-    """(kind, y of the ground contact, x at frame 0, pixels per frame, scale, BGR colour) per moving object:
-    cars in two lanes driving opposite ways, pedestrians walking on the sidewalk."""
+def _street(size: tuple[int, int], seed: int) -> tuple[np.ndarray, list[tuple]]:
+    """The still scene, BGR, drawn by the project's one scene generator (data/synthetic.py: the scenes the
+    demo weights were trained on), and the objects that move across it: cars in two lanes of its road
+    driving opposite ways, pedestrians on its sidewalk. Each mover is (kind, y of the ground contact, x at
+    frame 0, pixels per frame, scale, BGR colour); its rows are the ones where the scene's labels show the
+    most road (or sidewalk), so cars drive on the road whatever the camera's random pose."""
+    rgb, label = render_scene(seed, size)
     rng = np.random.default_rng(seed + 1)
     h, w = size
-    kerb, lane = int(h * 0.55), (h + int(h * 0.55)) // 2
+
+    def rows_of(cls: int, fallback: float) -> np.ndarray:
+        share = (label == cls).mean(axis=1)  # (H,) fraction of each row that is ``cls``
+        rows = np.flatnonzero(share >= 0.5 * share.max()) if share.max() > 0 else np.array([])
+        return rows if rows.size else np.array([int(h * fallback)])
+
+    road, sidewalk = rows_of(ROAD, 0.85), rows_of(SIDEWALK, 0.6)
     movers = []
-    lanes = ((lane - max(2, h // 40), 1, max(2, h // 22)), (h - max(2, h // 20), -1, max(3, h // 16)))  # far, near
-    for y, direction, scale in lanes:
+    lanes = ((int(np.percentile(road, 40)), 1), (int(np.percentile(road, 90)), -1))  # far, near
+    for y, direction in lanes:
+        scale = max(2, int(y - road.min() + h // 12) // 8)  # nearer lanes (lower rows) show bigger cars
         count, speed = int(rng.integers(2, 4)), direction * float(rng.uniform(0.006, 0.015)) * w
-        for i in range(count):  # one speed per lane, spread out, so cars never drive through each other
+        for k in range(count):  # one speed per lane, spread out, so cars never drive through each other
             color = tuple(int(c) for c in rng.integers(20, 235, 3))
-            x0 = (i + float(rng.uniform(0, 0.3))) * (w + 4 * scale) / count
+            x0 = (k + float(rng.uniform(0, 0.3))) * (w + 4 * scale) / count
             movers.append(("car", y, x0, speed, scale, color))
     for _ in range(int(rng.integers(2, 5))):
         color = tuple(int(c) for c in rng.integers(20, 235, 3))
-        movers.append(("person", int(rng.integers(int(h * 0.47), kerb)), float(rng.uniform(0, w)),
+        movers.append(("person", int(rng.choice(sidewalk)), float(rng.uniform(0, w)),
                        float(rng.choice([-1, 1]) * rng.uniform(0.002, 0.005)) * w, max(2, h // 30), color))
-    return movers
+    return np.ascontiguousarray(rgb[..., ::-1]), movers
 
 
 def _draw_car(image: np.ndarray, x: int, y: int, s: int, color: tuple) -> None:

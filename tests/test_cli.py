@@ -303,7 +303,8 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
     """embed_pre_post: the engine takes uint8 NHWC frames and returns a uint8 class map equal to PyTorch's argmax."""
     import numpy as np
 
-    from export.images import preprocess, synthetic_scene
+    from data import render_scene
+    from export.images import preprocess
 
     model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["fp32"], "embed_pre_post": True,
              "input": {"size": [64, 64]}}
@@ -311,10 +312,10 @@ def test_embedded_pre_and_post_processing(tmp_path, capsys):
     assert main(["build", "--config", config]) == 0
     path = engine(tmp_path)
     m = read_manifest(path)
-    assert m["input"]["name"] == "frames" and m["input"]["dtype"] == "uint8" and m["input"]["embedded_preprocessing"]
-    assert m["output"] == {"name": "classes", "layout": "NHW", "dtype": "uint8", "embedded_argmax": True, "num_classes": 4}
+    assert m["embed_pre_post"] and m["input"]["name"] == "frames" and m["input"]["dtype"] == "uint8"
+    assert m["output"] == {"name": "classes", "layout": "NHW", "dtype": "uint8", "num_classes": 4}
     assert m["parity"]["pixel_agreement"] == 1.0 and m["parity"]["max_abs_error"] is None
-    frame = synthetic_scene(7, (64, 64))
+    frame = render_scene(7, (64, 64))[0]
     with OnnxRuntimeRunner.from_engine(path) as runner:
         classes = runner.infer({"frames": frame[None]})["classes"]
     from export.compile.weights import load_model

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from engines import cpu
-from engines.emulated_cpu import run_emulated, unavailable_reason
+from engines.emulated_cpu import host_reason, run_emulated
 from engines.onnxruntime import OnnxRuntimeRunner
 from export.measure.metrics import compare
 from export.compile.onnx_export import export_onnx
@@ -23,8 +23,8 @@ from models import create_model
 
 @pytest.fixture(scope="module")
 def qemu():
-    if unavailable_reason() and "not installed" not in unavailable_reason():
-        pytest.skip(unavailable_reason())
+    if host_reason():
+        pytest.skip(host_reason())
     debian_program("qemu-x86_64", "qemu-user")
 
 

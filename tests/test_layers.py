@@ -17,7 +17,7 @@ RULES = {
     "training": ({"models", "data"}, {"onnx", "onnxruntime"}),
     "export": ({"models", "data", "engines"}, set()),
     "engines": (set(), {"torch"}),
-    "runtime": ({"engines"}, {"torch", "onnx"}),
+    "runtime": ({"engines", "data"}, {"torch", "onnx"}),  # data: the scene generator, image suffixes
 }
 
 

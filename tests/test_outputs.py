@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from export.images import synthetic_scene
+from data import render_scene
 from runtime.outputs import MjpegServerOutput, gui_available, open_output
 from runtime.render import VIEWS, palette_lut, render
 from runtime.types import Frame, Legend, Result, RuntimeFault, SourceInfo
@@ -45,7 +45,7 @@ CITYSCAPES = Legend(
 
 
 def scene(seed: int = 0, size: tuple[int, int] = (120, 160)) -> np.ndarray:
-    return np.ascontiguousarray(synthetic_scene(seed, size)[..., ::-1])  # RGB -> BGR
+    return np.ascontiguousarray(render_scene(seed, size)[0][..., ::-1])  # RGB -> BGR
 
 
 def class_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -513,7 +513,7 @@ def test_browser_view_of_a_street_scene(chromium, tmp_path):
     """The screenshot in docs/browser_view.png (refreshed with SEGDEPLOY_UPDATE_SCREENSHOT=1)."""
     frames, classes = [], []
     for seed in (3, 4):
-        rgb = synthetic_scene(seed, (360, 640))
+        rgb = render_scene(seed, (360, 640))[0]
         frames.append(np.ascontiguousarray(rgb[..., ::-1]))
         classes.append(cv2.resize(scene_classes(rgb), (320, 180), interpolation=cv2.INTER_NEAREST))
     server = Served(frames, classes, CITYSCAPES)

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, get_spec, training_only_keys
-from data import IGNORE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
+from data import EVAL_SEED, IGNORE, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, DataError, detect_layout, open_dataset, render_scene
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # the pipeline's default normalization (RGB, 0-255)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
-VAL_SEED = 1_000_000  # validation scenes never overlap training scenes
+VAL_SEED = EVAL_SEED  # validation scenes never overlap training scenes
 
 
 def to_tensors(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

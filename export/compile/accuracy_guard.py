@@ -109,9 +109,28 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
         report["evaluations"] = evaluations
         return model, report
 
+    shortlist, layers, op_types = _shortlist(fp32_model, model, target, calibration, top_k)
+    report.update(candidates=layers, op_types=op_types)
+    log.info("INT8 score %.3f misses %.3f - %.3f; analysing %d of %d layers and %d op types", initial,
+             reference_score, budget, len(shortlist) - len(op_types), layers, len(op_types))
+    model, score, kept = _greedy_fallback(model, initial, shortlist, quantize_and_score,
+                                          lambda score: reference_score - score <= budget, max_fallback, report)
+    report["sensitivity"].sort(key=lambda row: -row["recovered"])
+    report.update(final_score=score, held=reference_score - score <= budget)
+    if not report["held"]:
+        log.warning("INT8 misses its accuracy budget: %.3f vs reference %.3f (budget %.3f) with %d layers kept "
+                    "in float", score, reference_score, budget, len(kept))
+    report["evaluations"] = evaluations
+    return model, report
+
+
+def _shortlist(fp32_model: onnx.ModelProto, model: onnx.ModelProto, target: str, calibration: list[np.ndarray],
+               top_k: int) -> tuple[list["_Candidate"], int, list[str]]:
+    """Step 1: the ``top_k`` layers the proxy finds worst, and every other op type the placement quantizes
+    (all nodes of one type are a single candidate). Also returns the number of quantized layers and the op
+    types."""
     quantized = _quantized_nodes(model, set(keep_float_nodes(fp32_model)))
     layer_op = {n.name: n.op_type for n in quantized if n.op_type in TENSORRT_QUANTIZED_OPS}
-    # The other op types the placement quantizes: every node of one type is a single candidate.
     other_types = set(quantized_op_types(target)) - set(TENSORRT_QUANTIZED_OPS)
     groups: dict[str, list[str]] = {}
     for n in quantized:
@@ -121,10 +140,16 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
     shortlist = [_Candidate(name, layer_op[name], [name], proxy[name])
                  for name in sorted(proxy, key=lambda name: -proxy[name])[:top_k]]
     shortlist += [_Candidate(f"every {op}", op, names, None) for op, names in groups.items()]
-    report.update(candidates=len(layer_op), op_types=sorted(groups))
-    log.info("INT8 score %.3f misses %.3f - %.3f; analysing %d of %d layers and %d op types", initial,
-             reference_score, budget, len(shortlist) - len(groups), len(layer_op), len(groups))
+    return shortlist, len(layer_op), sorted(groups)
 
+
+def _greedy_fallback(model: onnx.ModelProto, initial: float, shortlist: list["_Candidate"],
+                     quantize_and_score: Callable[[list[str]], tuple[onnx.ModelProto, float]],
+                     holds: Callable[[float], bool], max_fallback: int,
+                     report: dict) -> tuple[onnx.ModelProto, float, list[str]]:
+    """Steps 2-3: keep the candidate that recovers most, again with the kept ones excluded, until the budget
+    ``holds``, ``max_fallback`` are kept, the shortlist is used up or nothing improves. Fills the report's
+    ``sensitivity`` (first round) and ``kept``; returns the model, its score and the excluded node names."""
     kept: list[str] = []
     score = initial
     while shortlist and len(report["kept"]) < max_fallback:
@@ -144,15 +169,9 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
         report["kept"].append({"node": best.label, "op_type": best.op_type, "nodes": best.nodes,
                                "recovered": best_score - score, "score": best_score})
         model, score = best_model, best_score
-        if reference_score - score <= budget:
+        if holds(score):
             break
-    report["sensitivity"].sort(key=lambda row: -row["recovered"])
-    report.update(final_score=score, held=reference_score - score <= budget)
-    if not report["held"]:
-        log.warning("INT8 misses its accuracy budget: %.3f vs reference %.3f (budget %.3f) with %d layers kept "
-                    "in float", score, reference_score, budget, len(kept))
-    report["evaluations"] = evaluations
-    return model, report
+    return model, score, kept
 
 
 class _Candidate(NamedTuple):

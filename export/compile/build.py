@@ -39,7 +39,7 @@ from ..log import log
 from ..measure.samples import Samples, parity, sample_inputs
 from ..measure.scoring import AccuracyScorer
 from .backends import Backend, backend_for
-from .frame_io import embed_frame_io
+from .pre_post import embed_pre_post
 from .onnx_export import OPSET, export_onnx
 from .precisions import PRECISIONS
 from .rewrites import apply_rewrites
@@ -144,7 +144,7 @@ class ModelBuild:
         if report is not None:
             self.guard_reports[(target, precision)] = report
         if self.cfg.embed_pre_post:
-            graph = embed_frame_io(graph, self.cfg.mean, self.cfg.std)
+            graph = embed_pre_post(graph, self.cfg.mean, self.cfg.std)
         if target == "tensorrt":
             self.check_tensorrt(graph, precision)
         atomic_write(layout.precision_graph(self.out, self.cfg.name, target, precision), graph.SerializeToString())
@@ -226,12 +226,13 @@ def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool) -> dic
     embedded, else normalized tensors in and logits out."""
     size = cfg.input
     if cfg.embed_pre_post:
-        tensor_in = {"name": "frames", "layout": "NHWC", "dtype": "uint8", "embedded_preprocessing": True}
-        tensor_out = {"name": "classes", "layout": "NHW", "dtype": "uint8", "embedded_argmax": True}
+        tensor_in = {"name": "frames", "layout": "NHWC", "dtype": "uint8"}
+        tensor_out = {"name": "classes", "layout": "NHW", "dtype": "uint8"}
     else:
-        tensor_in = {"name": "images", "layout": "NCHW", "dtype": "float32", "embedded_preprocessing": False}
-        tensor_out = {"name": "logits", "layout": "NCHW", "dtype": "float32", "embedded_argmax": False}
+        tensor_in = {"name": "images", "layout": "NCHW", "dtype": "float32"}
+        tensor_out = {"name": "logits", "layout": "NCHW", "dtype": "float32"}
     return {
+        "embed_pre_post": cfg.embed_pre_post,
         "input": {**tensor_in, "size": size.size, "min": size.min or size.size, "max": size.max or size.size,
                   "size_divisor": size_divisor, "dynamic_hw": dynamic_hw},
         "output": {**tensor_out, "num_classes": cfg.num_classes},

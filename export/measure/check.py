@@ -14,7 +14,7 @@ import torch
 
 from engines import artifacts as layout
 from engines.base import EngineError
-from engines.manifest import read_manifest, verify_engine_file
+from engines.manifest import embeds_pre_post, read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 
 from ..compile.weights import load_model
@@ -85,12 +85,12 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             if runner is None:
                 rows.append({**row, "skipped": how})
                 continue
-            embedded = manifest["input"].get("embedded_preprocessing", False)
-            feeds = samples.feeds(embedded)
+            pre_post = embeds_pre_post(manifest)
+            feeds = samples.feeds(pre_post)
             with runner:
-                outputs = engine_outputs(runner, feeds, embedded)
+                outputs = engine_outputs(runner, feeds, pre_post)
                 speed = _latency(runner.infer, feeds, cfg_check.warmup, cfg_check.iterations)
-            row.update(agreement(outputs, samples.references, embedded))
+            row.update(agreement(outputs, samples.references, pre_post))
             row["engine"] = speed
             row["speedup_vs_pytorch"] = eager["p50_ms"] / speed["p50_ms"]
             rows.append(row)

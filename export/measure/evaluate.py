@@ -22,6 +22,7 @@ import onnx
 import torch
 
 from engines import artifacts as layout
+from engines.manifest import embeds_pre_post
 from models import count_parameters
 from data import IGNORE
 
@@ -98,9 +99,9 @@ class Agreement:
                 "pixel_agreement": self.agree / self.pixels, "miou_vs_pytorch": mean_iou(self.conf)}
 
 
-def class_map(output: np.ndarray, embedded: bool, num_classes: int) -> np.ndarray:
+def class_map(output: np.ndarray, pre_post: bool, num_classes: int) -> np.ndarray:
     """(1, H, W) int64 classes from logits (1, C, H, W), or from an engine's own class map."""
-    if not embedded:
+    if not pre_post:
         return output.argmax(1)
     # As compare_classes: an out-of-range class from a broken engine counts as the last class, never indexes out.
     return np.minimum(output.reshape(output.shape[0], *output.shape[-2:]).astype(np.int64), num_classes - 1)
@@ -236,7 +237,7 @@ def evaluate_model(pipeline: Pipeline, cfg: ModelConfig, paths: list[Path], data
         f"{threads} threads")
 
     with contextlib.ExitStack() as stack:
-        engines = []  # (row, runner, embedded)
+        engines = []  # (row, runner, pre_post)
         for path in paths:
             memory = PeakMemory().start()
             manifest, runner, how = open_artifact(path, threads)
@@ -250,10 +251,10 @@ def evaluate_model(pipeline: Pipeline, cfg: ModelConfig, paths: list[Path], data
                 row["skipped"] = how
                 continue
             stack.enter_context(runner)
-            embedded = manifest["input"].get("embedded_preprocessing", False)
-            row["speed"] = engine_speed(runner, samples.feeds(embedded), options.batch, memory, check_cfg)
+            pre_post = embeds_pre_post(manifest)
+            row["speed"] = engine_speed(runner, samples.feeds(pre_post), options.batch, memory, check_cfg)
             row["speed"]["speedup_vs_pytorch"] = eager_speed["batch_1"]["p50_ms"] / row["speed"]["batch_1"]["p50_ms"]
-            engines.append((row, runner, embedded))
+            engines.append((row, runner, pre_post))
             log(f"  {row['source']} ({how}): p50 {row['speed']['batch_1']['p50_ms']:.1f} ms")
         score_dataset(cfg, model, engines, rows[0], dataset, options)
     return info, rows, memory.method
@@ -303,7 +304,7 @@ def score_dataset(cfg: ModelConfig, model: torch.nn.Module, engines: list, pytor
     (engines) against PyTorch. Fills the rows' ``accuracy``, ``delta_miou_points`` and ``agreement``."""
     size, n = tuple(cfg.input.size), cfg.num_classes
     confs = [np.zeros((n, n), np.int64) for _ in range(len(engines) + 1)]
-    agreements = [Agreement(n, logits=not embedded) for _, _, embedded in engines]
+    agreements = [Agreement(n, logits=not pre_post) for _, _, pre_post in engines]
     for i in range(len(dataset)):
         frame, label = labelled_frame(dataset, i, size, options.root)
         bad = (label >= n) & (label != IGNORE)
@@ -315,10 +316,10 @@ def score_dataset(cfg: ModelConfig, model: torch.nn.Module, engines: list, pytor
             reference = model(torch.from_numpy(x)).numpy()
         reference_prediction = reference.argmax(1)
         confs[0] += label_confusion(reference_prediction[0], label, n)
-        for k, (row, runner, embedded) in enumerate(engines):
-            output = runner.infer({"frames": frame[None]} if embedded else {"images": x})
-            output = output["classes" if embedded else "logits"]
-            prediction = class_map(output, embedded, n)
+        for k, (row, runner, pre_post) in enumerate(engines):
+            output = runner.infer({"frames": frame[None]} if pre_post else {"images": x})
+            output = output["classes" if pre_post else "logits"]
+            prediction = class_map(output, pre_post, n)
             confs[k + 1] += label_confusion(prediction[0], label, n)
             agreements[k].add(output, prediction, reference, reference_prediction)
         if (i + 1) % 100 == 0:

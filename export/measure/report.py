@@ -72,58 +72,75 @@ def _pct(value: float | None) -> str:
 
 
 def render_markdown(result: dict) -> str:
-    data, settings, peak = result["dataset"], result["settings"], result["peak"]
-    theory, measured = peak["theoretical"], peak["measured"]
+    """The ``check --data`` report: settings, one section per model (accuracy, speed, per-class IoU, guards,
+    plots), and how every number was measured."""
+    lines = _header_lines(result)
+    for name, info in result["models"].items():
+        lines += _model_lines(result, name, info)
+    return "\n".join(lines + _how_lines(result))
+
+
+def _header_lines(result: dict) -> list[str]:
+    data, settings = result["dataset"], result["settings"]
     n = settings["batch"]
-    lines = [f"# Accuracy and speed on {Path(data['root']).name}", "",
+    return [f"# Accuracy and speed on {Path(data['root']).name}", "",
              f"- Machine: {result['machine']}; {settings['threads']} thread(s) for PyTorch and every engine.",
              f"- Dataset: `{data['root']}` ({data['layout']} layout), {data['num_images']} images"
              + (f" (--limit {data['limit']})" if data["limit"] else "") + f", {data['num_classes']} classes; "
              f"scored at {settings['scored_at']}.",
              f"- Speed: {settings['warmup']} warm-up and {settings['iterations']} timed calls on the first "
              f"{settings['speed_images']} images; batch {n} as described under How.", ""]
-    for name, info in result["models"].items():
-        rows = [r for r in result["rows"] if r["model"] == name and "skipped" not in r]
-        skipped = [r for r in result["rows"] if r["model"] == name and "skipped" in r]
-        flops = info["flops"]
-        lines += [f"## {name}", "",
-                  f"{info['size'][0]}x{info['size'][1]} input, {info['parameters'] / 1e6:.2f}M parameters, "
-                  f"{flops['gflops']:.3f} GFLOPs per frame ({flops['macs'] / 1e9:.3f} GMACs).", "",
-                  "| source | mIoU | Δ mIoU (points) | pixel acc | agreement | max abs err | mIoU vs PyTorch |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in rows:
-            acc, agree = r["accuracy"], r["agreement"] or {}
-            err = agree.get("max_abs_error")
-            lines.append(f"| {r['source']} | {acc['miou']:.4f} | {r['delta_miou_points']:+.2f} | "
-                         f"{_fmt(acc['pixel_accuracy'], '.4f')} | {_fmt(agree.get('pixel_agreement'), '.4f', '-')} | "
-                         f"{'-' if not agree else _fmt(err, '.2e')} | {_fmt(agree.get('miou_vs_pytorch'), '.4f', '-')} |")
-        lines += ["", f"| source | p50 ms | p90 ms | p99 ms | fps batch 1 | fps batch {n} | GFLOP/s (b1) | "
-                  f"% machine peak | % measured peak | peak RSS growth MiB | size |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            s = r["speed"]
-            b1, bn, ach = s["batch_1"], s["batch_n"], s["achieved"]["batch_1"]
-            size = f"{r['file_bytes'] / 2**20:.2f} MiB" if r["file_bytes"] else "-"
-            lines.append(f"| {r['source']} | {b1['p50_ms']:.2f} | {b1['p90_ms']:.2f} | {b1['p99_ms']:.2f} | "
-                         f"{b1['throughput_fps']:.1f} | {bn['throughput_fps']:.1f} ({bn['mode']}) | {ach['gflops']:.2f} | "
-                         f"{_pct(ach['share_of_machine_peak'])} | {_pct(ach['share_of_measured_peak'])} | "
-                         f"{s['peak_rss_growth_mib']:.1f} | {size} |")
-        for r in skipped:
-            lines.append(f"\n{r['source']}: skipped, {r['skipped']}")
-        lines += ["", "Per-class IoU:", "", "| class | " + " | ".join(r["source"] for r in rows) + " |",
-                  "|---|" + "---|" * len(rows)]
-        for c, cls in enumerate(data["classes"]):
-            lines.append(f"| {cls} | " + " | ".join(_fmt(r["accuracy"]["per_class_iou"][c], ".4f") for r in rows) + " |")
-        lines += guard_lines([r for r in result["rows"] if r["model"] == name])
-        plots = result.get("plots", {}).get(name, {})
-        for key, title in (("iou", "Per-class IoU"), ("confusion", "Confusion matrices (rows: label, normalized)"),
-                           ("latency", "Latency per call")):
-            if key in plots:
-                lines += ["", f"![{name}: {title}]({plots[key]})"]
-        if flops["uncounted_nodes"]:
-            lines += ["", f"FLOPs leave out {len(flops['uncounted_nodes'])} node(s) whose shapes shape inference "
-                      f"could not resolve: {', '.join(flops['uncounted_nodes'][:5])}."]
-        lines.append("")
-    lines += ["## How", "",
+
+
+def _model_lines(result: dict, name: str, info: dict) -> list[str]:
+    data, n = result["dataset"], result["settings"]["batch"]
+    rows = [r for r in result["rows"] if r["model"] == name and "skipped" not in r]
+    skipped = [r for r in result["rows"] if r["model"] == name and "skipped" in r]
+    flops = info["flops"]
+    lines = [f"## {name}", "",
+              f"{info['size'][0]}x{info['size'][1]} input, {info['parameters'] / 1e6:.2f}M parameters, "
+              f"{flops['gflops']:.3f} GFLOPs per frame ({flops['macs'] / 1e9:.3f} GMACs).", "",
+              "| source | mIoU | Δ mIoU (points) | pixel acc | agreement | max abs err | mIoU vs PyTorch |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc, agree = r["accuracy"], r["agreement"] or {}
+        err = agree.get("max_abs_error")
+        lines.append(f"| {r['source']} | {acc['miou']:.4f} | {r['delta_miou_points']:+.2f} | "
+                     f"{_fmt(acc['pixel_accuracy'], '.4f')} | {_fmt(agree.get('pixel_agreement'), '.4f', '-')} | "
+                     f"{'-' if not agree else _fmt(err, '.2e')} | {_fmt(agree.get('miou_vs_pytorch'), '.4f', '-')} |")
+    lines += ["", f"| source | p50 ms | p90 ms | p99 ms | fps batch 1 | fps batch {n} | GFLOP/s (b1) | "
+              f"% machine peak | % measured peak | peak RSS growth MiB | size |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["speed"]
+        b1, bn, ach = s["batch_1"], s["batch_n"], s["achieved"]["batch_1"]
+        size = f"{r['file_bytes'] / 2**20:.2f} MiB" if r["file_bytes"] else "-"
+        lines.append(f"| {r['source']} | {b1['p50_ms']:.2f} | {b1['p90_ms']:.2f} | {b1['p99_ms']:.2f} | "
+                     f"{b1['throughput_fps']:.1f} | {bn['throughput_fps']:.1f} ({bn['mode']}) | {ach['gflops']:.2f} | "
+                     f"{_pct(ach['share_of_machine_peak'])} | {_pct(ach['share_of_measured_peak'])} | "
+                     f"{s['peak_rss_growth_mib']:.1f} | {size} |")
+    for r in skipped:
+        lines.append(f"\n{r['source']}: skipped, {r['skipped']}")
+    lines += ["", "Per-class IoU:", "", "| class | " + " | ".join(r["source"] for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    for c, cls in enumerate(data["classes"]):
+        lines.append(f"| {cls} | " + " | ".join(_fmt(r["accuracy"]["per_class_iou"][c], ".4f") for r in rows) + " |")
+    lines += guard_lines([r for r in result["rows"] if r["model"] == name])
+    plots = result.get("plots", {}).get(name, {})
+    for key, title in (("iou", "Per-class IoU"), ("confusion", "Confusion matrices (rows: label, normalized)"),
+                       ("latency", "Latency per call")):
+        if key in plots:
+            lines += ["", f"![{name}: {title}]({plots[key]})"]
+    if flops["uncounted_nodes"]:
+        lines += ["", f"FLOPs leave out {len(flops['uncounted_nodes'])} node(s) whose shapes shape inference "
+                  f"could not resolve: {', '.join(flops['uncounted_nodes'][:5])}."]
+    lines.append("")
+    return lines
+
+
+def _how_lines(result: dict) -> list[str]:
+    settings, theory, measured = result["settings"], result["peak"]["theoretical"], result["peak"]["measured"]
+    n = settings["batch"]
+    lines = ["## How", "",
               "- **mIoU**: per class, IoU = TP / (TP + FP + FN) over all images' pixels; the mean is over classes "
               "labelled or predicted at least once (a class in neither is n/a). Pixel accuracy: correct / labelled "
               "pixels. Label 255 is ignored. Δ mIoU: engine mIoU - PyTorch mIoU on the same images, in points (x100).",
@@ -154,8 +171,7 @@ def render_markdown(result: dict) -> str:
               "end of its batch-1 runs (weights, session, arena and activations), in this process after the "
               "previous ones: freed memory is handed back first (malloc_trim).",
               "- **Size**: the engine file on disk.", ""]
-    return "\n".join(lines)
-
+    return lines
 
 def guard_lines(rows: list[dict]) -> list[str]:
     """What the build's accuracy guards (export/compile/accuracy_guard.py) did to each engine, from its manifest."""

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import torch
 
+from data import CHECK_SEED, render_scene
 from engines.base import Runner
 
 from ..config import ModelConfig, Pipeline
-from ..images import list_images, preprocess, read_rgb, synthetic_scene
+from ..images import list_images, preprocess, read_rgb
 from .metrics import compare, compare_classes
 
 
@@ -24,8 +25,8 @@ class Samples:
     tensors: list[np.ndarray]  # (1, 3, H, W) float32, normalized
     references: list[np.ndarray] | None = None
 
-    def feeds(self, embedded: bool) -> list[dict[str, np.ndarray]]:
-        return [{"frames": f} for f in self.frames] if embedded else [{"images": t} for t in self.tensors]
+    def feeds(self, pre_post: bool) -> list[dict[str, np.ndarray]]:
+        return [{"frames": f} for f in self.frames] if pre_post else [{"images": t} for t in self.tensors]
 
 
 def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch.nn.Module | None = None) -> Samples:
@@ -36,7 +37,7 @@ def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch
     if folder is not None:
         images = [read_rgb(p) for p in list_images(folder, "check.images", count)]
     else:
-        images = [synthetic_scene(1000 + i) for i in range(count)]  # resized below, like camera frames
+        images = [render_scene(CHECK_SEED + i)[0] for i in range(count)]  # resized below, like camera frames
     frames = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)[None] for img in images]
     samples = Samples(frames, [preprocess(f[0], (h, w), cfg.mean, cfg.std) for f in frames])
     if model is not None:
@@ -45,19 +46,19 @@ def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch
     return samples
 
 
-def engine_outputs(runner: Runner, feeds: list[dict[str, np.ndarray]], embedded: bool) -> list[np.ndarray]:
-    """The engine's class maps (pre/post-processing embedded) or logits for each feed."""
-    key = "classes" if embedded else "logits"
+def engine_outputs(runner: Runner, feeds: list[dict[str, np.ndarray]], pre_post: bool) -> list[np.ndarray]:
+    """The engine's class maps (pre/post-processing pre_post) or logits for each feed."""
+    key = "classes" if pre_post else "logits"
     return [runner.infer(feed)[key] for feed in feeds]
 
 
-def agreement(outputs: list[np.ndarray], references: list[np.ndarray], embedded: bool) -> dict:
+def agreement(outputs: list[np.ndarray], references: list[np.ndarray], pre_post: bool) -> dict:
     """Agreement with PyTorch's logits: logit errors too where the engine outputs logits."""
-    return compare_classes(outputs, references) if embedded else compare(outputs, references)
+    return compare_classes(outputs, references) if pre_post else compare(outputs, references)
 
 
-def parity(make_runner: Callable[[], Runner], samples: Samples, embedded: bool, size: list[int]) -> dict:
+def parity(make_runner: Callable[[], Runner], samples: Samples, pre_post: bool, size: list[int]) -> dict:
     """Run a fresh runner over ``samples`` and measure its agreement with PyTorch."""
     with make_runner() as runner:
-        outputs = engine_outputs(runner, samples.feeds(embedded), embedded)
-    return {**agreement(outputs, samples.references, embedded), "num_inputs": len(outputs), "size": list(size)}
+        outputs = engine_outputs(runner, samples.feeds(pre_post), pre_post)
+    return {**agreement(outputs, samples.references, pre_post), "num_inputs": len(outputs), "size": list(size)}

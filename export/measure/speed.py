@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
+from engines.cpu import cpu_flags, cpuinfo
+
 # Ops whose multiply-accumulates are counted; everything else is treated as free.
 COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -225,22 +227,10 @@ def _node_macs(node: onnx.NodeProto, known: Callable[[str], list[int] | None]) -
 ASSUMED_FMA_UNITS = 2
 
 
-def _cpuinfo() -> tuple[dict[str, str], int | None]:
-    """The first processor's fields of /proc/cpuinfo, and the number of physical cores."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}, None
-    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
-    fields = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in b.splitlines())) for b in blocks]
-    cores = {(f.get("physical id"), f.get("core id")) for f in fields if "core id" in f}
-    return (fields[0] if fields else {}), (len(cores) or None)
-
-
 def theoretical_peak() -> dict:
     """fp32 peak FLOP/s = physical cores x clock x FLOPs per cycle per core, and where each factor comes from."""
-    info, cores = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    info, cores = cpuinfo()
+    flags = cpu_flags(info)
     cores_source = "distinct (physical id, core id) pairs in /proc/cpuinfo (hyper-threads share FMA units)"
     if cores is None:
         cores, cores_source = os.cpu_count() or 1, "os.cpu_count() (logical CPUs; /proc/cpuinfo has no core ids)"

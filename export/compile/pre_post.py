@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 FRAMES, CLASSES = "frames", "classes"
 
 
-def embed_frame_io(model: onnx.ModelProto, mean: list[float], std: list[float]) -> onnx.ModelProto:
+def embed_pre_post(model: onnx.ModelProto, mean: list[float], std: list[float]) -> onnx.ModelProto:
     """Wrap a graph with input ``images`` and output ``logits`` (as ``export_onnx`` writes them)."""
     graph = gs.import_onnx(model)
     (images,) = [t for t in graph.inputs if t.name == "images"]
