@@ -1,0 +1,80 @@
+"""The pyramid pooling module and head of PSPNet (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017,
+https://arxiv.org/abs/1612.01105).
+
+The module pools the feature map to bin x bin averages at several scales (1, 2, 3, 6: the whole image down to
+sub-regions), reduces each pooled map with a 1x1 conv-BN-ReLU, upsamples it back bilinearly and concatenates
+it with the input, giving every pixel a summary of its global and regional context. The head then fuses with
+a 3x3 conv-BN-ReLU, applies dropout (0.1) and classifies with a 1x1 conv. Concatenation order (input, then
+bins in the given order) and one ``channels`` for the reductions and the fusion follow mmsegmentation's PSPHead;
+the first author's PyTorch code (hszhao/semseg) is the same for bins 1, 2, 3, 6 on 2048 channels (512 each).
+
+Deployment note: adaptive average pooling to a size that does not divide the input has windows of unequal
+size (PyTorch's bin i along a side of n spans floor(i * n / b) .. ceil((i + 1) * n / b)), which ONNX's
+AveragePool cannot express: exporters bake the windows of the traced size (mmdeploy bakes kernel = in // out;
+torch.onnx's dynamo exporter likewise, see tests/test_head_psp.py). All pooling therefore goes through
+``adaptive_avg_pool``, the one place a custom op with an exact lowering can take over. The upsampling uses
+``align_corners=False`` (mmsegmentation's default; hszhao/semseg used True), whose Resize TensorRT runs directly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import ConvNormAct
+
+BINS = (1, 2, 3, 6)
+
+
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, bins, bins): the average of each of bins x bins windows, PyTorch's adaptive bin
+    edges. Every pyramid level calls this, so that it can become a custom op with an exact dynamic-shape
+    lowering without touching the head."""
+    return F.adaptive_avg_pool2d(x, bins)
+
+
+class PyramidPoolingModule(nn.Module):
+    """(B, C, h, w) -> (B, C + len(bins) * channels, h, w): the input and its pooled, reduced, upsampled
+    pyramid levels, concatenated."""
+
+    def __init__(self, in_channels: int, channels: int, bins: tuple[int, ...] = BINS,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.bins = tuple(bins)
+        self.stages = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm_layer=norm_layer) for _ in self.bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        levels = [x]
+        for bins, stage in zip(self.bins, self.stages):
+            pooled = stage(adaptive_avg_pool(x, bins))  # (B, channels, bins, bins)
+            levels.append(F.interpolate(pooled, size=size, mode="bilinear", align_corners=False))  # (B, channels, h, w)
+        return torch.cat(levels, dim=1)  # (B, C + len(bins) * channels, h, w)
+
+
+class PSPHead(nn.Module):
+    """PSPNet's head on one map (or the last of a feature list): logits (B, num_classes, h, w) at that map's
+    stride.
+
+    ``channels`` is the width of every pyramid level and of the fusion conv; by default
+    ``in_channels // len(bins)``, the paper's reduction of each level to 1/N of the input for N levels (a
+    quarter for the four default bins: 512 on a ResNet's 2048 channels, as hszhao/semseg and mmsegmentation).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int | None = None, bins: tuple[int, ...] = BINS,
+                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        if channels is None:
+            channels = in_channels // len(bins)
+        if channels < 1:
+            raise ValueError(f"PSPHead: channels={channels} (in_channels={in_channels}, {len(bins)} bins); "
+                             f"pass channels >= 1")
+        self.ppm = PyramidPoolingModule(in_channels, channels, bins, norm_layer)
+        self.bottleneck = ConvNormAct(in_channels + len(self.ppm.bins) * channels, channels, 3, norm_layer=norm_layer)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1] if isinstance(features, (list, tuple)) else features  # (B, C_in, h, w)
+        x = self.bottleneck(self.ppm(x))  # (B, channels, h, w)
+        return self.classifier(self.dropout(x))  # (B, num_classes, h, w)
