@@ -20,6 +20,11 @@ OPS = sorted(CUSTOM_OPS)
 SIZES = [(1, 5, 7), (2, 8, 8), (1, 16, 3), (1, 1, 1)]  # (batch, h, w): odd, square, tall, degenerate
 
 
+def call(fn, name: str, inputs):
+    """``fn`` (the op, its reference or definition) on ``inputs`` and the op's sample attributes."""
+    return fn(*inputs, *CUSTOM_OPS[name].attributes.values())
+
+
 def single_node_graph(name: str, inputs: list[np.ndarray]) -> onnx.ModelProto:
     """The op's one seg-domain node, with dynamic batch, H and W, as the exporter emits it."""
     op = EXPORT_OPS[name]
@@ -29,8 +34,8 @@ def single_node_graph(name: str, inputs: list[np.ndarray]) -> onnx.ModelProto:
     def value(n, c, sizes):  # each input its own symbolic H, W: an op's inputs may differ in size
         return helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", c, *sizes])
 
-    reference = CUSTOM_OPS[name].reference(*map(torch.from_numpy, inputs))
-    node = helper.make_node(op.onnx_name, names, [out_name], name=name, domain=DOMAIN)
+    reference = call(CUSTOM_OPS[name].reference, name, map(torch.from_numpy, inputs))
+    node = helper.make_node(op.onnx_name, names, [out_name], name=name, domain=DOMAIN, **CUSTOM_OPS[name].attributes)
     graph = helper.make_graph([node], name,
                               [value(n, x.shape[1], (f"H{k}", f"W{k}")) for k, (n, x) in enumerate(zip(names, inputs))],
                               [value(out_name, reference.shape[1], ("H", "W"))])
@@ -57,19 +62,20 @@ def test_opcheck(name):
     """Schema, fake kernel (shapes and strides), autograd registration and AOT dispatch, as torch.compile
     and torch.export need them."""
     inputs = [torch.from_numpy(x) for x in CUSTOM_OPS[name].sample_inputs(2, 5, 7, np.random.default_rng(0))]
-    torch.library.opcheck(CUSTOM_OPS[name].op, inputs)
-    torch.library.opcheck(CUSTOM_OPS[name].op, [x.clone().requires_grad_() for x in inputs])
+    constants = list(CUSTOM_OPS[name].attributes.values())
+    torch.library.opcheck(CUSTOM_OPS[name].op, [*inputs, *constants])
+    torch.library.opcheck(CUSTOM_OPS[name].op, [*(x.clone().requires_grad_() for x in inputs), *constants])
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_op_trains_like_its_reference(name):
     op = CUSTOM_OPS[name]
     inputs = [torch.from_numpy(x).requires_grad_() for x in op.sample_inputs(1, 4, 3, np.random.default_rng(1))]
-    op.op(*inputs).square().sum().backward()
+    call(op.op, name, inputs).square().sum().backward()
     grads = [x.grad.clone() for x in inputs]
     for x in inputs:
         x.grad = None
-    op.reference(*inputs).square().sum().backward()
+    call(op.reference, name, inputs).square().sum().backward()
     for g, x in zip(grads, inputs):  # an input the reference's value does not flow from gets no gradient
         torch.testing.assert_close(g, torch.zeros_like(x) if x.grad is None else x.grad)
 
@@ -79,8 +85,8 @@ def test_reference_matches_the_papers_definition(name):
     op = CUSTOM_OPS[name]
     for batch, h, w in SIZES[:3]:
         inputs = op.sample_inputs(batch, h, w, np.random.default_rng(h * w))
-        reference = op.reference(*map(torch.from_numpy, inputs)).numpy()
-        np.testing.assert_allclose(reference, op.definition(*inputs), atol=1e-5)
+        reference = call(op.reference, name, map(torch.from_numpy, inputs)).numpy()
+        np.testing.assert_allclose(reference, call(op.definition, name, inputs), atol=1e-5)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -101,7 +107,7 @@ def test_lowering_equals_the_reference(name, target):
     for batch, h, w in SIZES:
         inputs = op.sample_inputs(batch, h, w, np.random.default_rng(h * w))
         (out,) = session.run(None, dict(zip(names, inputs)))
-        reference = op.reference(*map(torch.from_numpy, inputs)).numpy()
+        reference = call(op.reference, name, map(torch.from_numpy, inputs)).numpy()
         assert out.shape == reference.shape
         assert np.abs(out - reference).max() < 1e-5, f"{name} on {target} at {batch}x{h}x{w}"
 

@@ -42,9 +42,12 @@ EXPORT_OPS: dict[str, ExportOp] = {}
 
 
 def export_op(torch_name: str, onnx_name: str, doc: str, inputs: list[str], outputs: list[str],
-              lowerings: dict[str, Callable]) -> None:
+              lowerings: dict[str, Callable], attributes: dict[str, str] | None = None) -> None:
     """Declare the ONNX side of ``models.ops.CUSTOM_OPS[torch_name]``; ``lowerings`` maps each target to a
-    rewrite function ``fn(graph) -> nodes rewritten`` (one function may serve several targets)."""
+    rewrite function ``fn(graph) -> nodes rewritten`` (one function may serve several targets);
+    ``attributes`` names the op's integer arguments (in order, after its tensors) with a description each:
+    they become INT attributes of the node."""
+    attributes = dict(attributes or {})
     from ..compile.rewrites import register_rewrite
 
     if torch_name in EXPORT_OPS:
@@ -52,13 +55,15 @@ def export_op(torch_name: str, onnx_name: str, doc: str, inputs: list[str], outp
     schema = OpSchema(onnx_name, DOMAIN, VERSION, doc=doc,
                       inputs=[OpSchema.FormalParameter(n, "T") for n in inputs],
                       outputs=[OpSchema.FormalParameter(n, "T") for n in outputs],
-                      type_constraints=[("T", _FLOAT, "float tensors")])
+                      type_constraints=[("T", _FLOAT, "float tensors")],
+                      attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT, d) for a, d in attributes.items()])
     if not onnx.defs.has(onnx_name, DOMAIN):
         onnx.defs.register_schema(schema)
     node = getattr(OPSET, onnx_name)
 
     def translation(*args):
-        return node(*args)
+        tensors, constants = args[:len(inputs)], args[len(inputs):]
+        return node(*tensors, **dict(zip(attributes, constants)))
 
     by_function: dict[Callable, list[str]] = {}
     for target, fn in lowerings.items():

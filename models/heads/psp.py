@@ -22,15 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import ConvNormAct
+from ..ops.adaptive_pool import adaptive_avg_pool as _adaptive_avg_pool_op
 
 BINS = (1, 2, 3, 6)
 
 
 def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, bins, bins): the average of each of bins x bins windows, PyTorch's adaptive bin
-    edges. Every pyramid level calls this, so that it can become a custom op with an exact dynamic-shape
-    lowering without touching the head."""
-    return F.adaptive_avg_pool2d(x, bins)
+    edges. The custom op ``seg::adaptive_avg_pool`` (models/ops/adaptive_pool.py): exported, its lowering
+    follows the input size, so one PSPNet engine serves every H and W in its profile."""
+    return _adaptive_avg_pool_op(x, bins)
 
 
 class PyramidPoolingModule(nn.Module):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,20 +23,25 @@ NAMESPACE = "seg"
 class CustomOp:
     """A registered op. ``sample_inputs(batch, h, w, rng)`` gives numpy inputs at a feature size, for the
     tests that compare every lowering with ``reference`` at several sizes; ``definition``, where the paper
-    defines the op position by position, is that definition written out (slow; tests only)."""
+    defines the op position by position, is that definition written out (slow; tests only).
+    ``attributes``: the op's non-tensor arguments (after its tensors, e.g. a bin count) with the values the
+    generic tests use; at export they become the node's attributes."""
 
     name: str
     op: Callable[..., torch.Tensor]
     reference: Callable[..., torch.Tensor]
     sample_inputs: Callable[[int, int, int, np.random.Generator], list[np.ndarray]]
     definition: Callable[..., np.ndarray] | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 CUSTOM_OPS: dict[str, CustomOp] = {}
 
 
-def define_op(name: str, reference: Callable[..., torch.Tensor], sample_inputs, definition=None):
-    """Register ``reference`` (tensors in, one tensor out) as the custom op ``seg::<name>`` and return it.
+def define_op(name: str, reference: Callable[..., torch.Tensor], sample_inputs, definition=None,
+              attributes: dict[str, Any] | None = None):
+    """Register ``reference`` (tensors in, then any integer arguments named in ``attributes``; one tensor
+    out) as the custom op ``seg::<name>`` and return it.
 
     The op runs the reference; its fake (meta) kernel is the reference itself run on fake tensors, so shapes
     and strides agree with the real output by construction (``torch.library.opcheck`` checks it); its
@@ -48,14 +53,24 @@ def define_op(name: str, reference: Callable[..., torch.Tensor], sample_inputs, 
     op.register_fake(reference)
 
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
+        ctx.constants = [None if isinstance(x, torch.Tensor) else x for x in inputs]
+        ctx.save_for_backward(*(x for x in inputs if isinstance(x, torch.Tensor)))
 
     def backward(ctx, grad: torch.Tensor):
-        _, vjp = torch.func.vjp(reference, *ctx.saved_tensors)
-        return vjp(grad)
+        tensor_at = [i for i, c in enumerate(ctx.constants) if c is None]
+
+        def of_tensors(*tensors):
+            args = list(ctx.constants)
+            for i, t in zip(tensor_at, tensors):
+                args[i] = t
+            return reference(*args)
+
+        _, vjp = torch.func.vjp(of_tensors, *ctx.saved_tensors)
+        grads = iter(vjp(grad))
+        return tuple(next(grads) if c is None else None for c in ctx.constants)
 
     op.register_autograd(backward, setup_context=setup_context)
-    CUSTOM_OPS[name] = CustomOp(name, op, reference, sample_inputs, definition)
+    CUSTOM_OPS[name] = CustomOp(name, op, reference, sample_inputs, definition, dict(attributes or {}))
     return op
 
 
