@@ -12,6 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def init_conv_bn(m: nn.Module) -> None:
+    """Kaiming-normal (fan-out) conv weights, zero biases, unit BatchNorm: the initialisation of torchvision's
+    VGG and ResNet and of most segmentation reference code (``model.apply(init_conv_bn)``). It keeps
+    activations at scale through deep plain ReLU stacks, where PyTorch's default shrinks them layer by layer."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class ConvNormAct(nn.Sequential):
     """Conv2d (no bias) -> norm -> activation, the unit most CNN segmenters are built from."""
 

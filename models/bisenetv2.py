@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ConvNormAct, SegmentationModel
+from .base import ConvNormAct, SegmentationModel, init_conv_bn
 from .registry import register_model
 
 
@@ -236,18 +236,7 @@ class BiSeNetV2(SegmentationModel):
             for c, mid in zip(semantic_channels, aux_head_channels)
         ]
         super().__init__(backbone, head, num_classes, aux_heads, aux_indices=[1, 2, 3, 4])
-        self.apply(_init_weights)
-
-
-def _init_weights(m: nn.Module) -> None:
-    """Kaiming (fan-out) convs and unit BN, as in the reference implementations."""
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+        self.apply(init_conv_bn)
 
 
 @register_model("bisenetv2", size_divisor=32, output_stride=8)

@@ -66,6 +66,15 @@ class Builder:
             self.keep_float.append(name)
         return outs[0]
 
+    def replace(self, node: gs.Node, op_type: str, *inputs, attrs: dict | None = None,
+                keep_float: bool = False) -> None:
+        """The last node of a lowering: it writes ``node``'s one output, and ``node`` is disconnected, so
+        ``cleanup()`` removes it."""
+        outputs = list(node.outputs)
+        node.outputs.clear()
+        self.op(op_type, *inputs, attrs=attrs, outputs=outputs, keep_float=keep_float)
+        node.inputs.clear()
+
     def const(self, value, dtype=np.int64) -> gs.Constant:
         self.count += 1
         return gs.Constant(f"{self.prefix}/const_{self.count}", np.array(value, dtype=dtype))

@@ -28,16 +28,14 @@ def lower_adaptive_avg_pool(graph: gs.Graph) -> int:
     MatMuls stay in float (no Q/DQ, no FP16): their weights are averages computed in the graph."""
     nodes = nodes_of(graph, "AdaptiveAvgPool", DOMAIN)
     for node in nodes:
-        (x,), (out,) = node.inputs, node.outputs
+        (x,) = node.inputs
         bins = int(node.attrs["bins"])
         b = Builder(graph, node.name or "adaptive_avg_pool")
         shape = b.op("Shape", x)
         rows = _bin_matrix(b, b.op("Slice", shape, b.const([2]), b.const([3]), b.const([0])), bins)  # (n, H)
         cols = _bin_matrix(b, b.op("Slice", shape, b.const([3]), b.const([4]), b.const([0])), bins)  # (n, W)
         pooled_w = b.op("MatMul", x, b.op("Transpose", cols, attrs={"perm": [1, 0]}), keep_float=True)  # (B, C, H, n)
-        node.outputs.clear()
-        b.op("MatMul", rows, pooled_w, outputs=[out], keep_float=True)  # (B, C, n, n)
-        node.inputs.clear()
+        b.replace(node, "MatMul", rows, pooled_w, keep_float=True)  # (B, C, n, n)
     return len(nodes)
 
 

@@ -18,7 +18,6 @@ def lower_criss_cross_attention(graph: gs.Graph) -> int:
     nodes = nodes_of(graph, "CrissCrossAttention", DOMAIN)
     for node in nodes:
         q, k, v = node.inputs
-        (out,) = node.outputs
         b = Builder(graph, node.name or "cca")
         shape = b.op("Shape", q)
         h = b.op("Gather", shape, b.const(2))  # scalar H
@@ -47,9 +46,7 @@ def lower_criss_cross_attention(graph: gs.Graph) -> int:
         out_row = b.op("MatMul", b.op("Transpose", v, attrs={"perm": [0, 2, 1, 3]}),
                        b.op("Transpose", att_row, attrs={"perm": [0, 1, 3, 2]}))
         out_row = b.op("Transpose", out_row, attrs={"perm": [0, 2, 1, 3]})
-        node.outputs.clear()
-        b.op("Add", out_col, out_row, outputs=[out])
-        node.inputs.clear()
+        b.replace(node, "Add", out_col, out_row)
     return len(nodes)
 
 

@@ -21,7 +21,6 @@ def lower_max_unpool(graph: gs.Graph) -> int:
     nodes = nodes_of(graph, "MaxUnpool", DOMAIN)
     for node in nodes:
         values, source = node.inputs
-        (out,) = node.outputs
         b = Builder(graph, node.name or "max_unpool")
         shape = b.op("Shape", source)
         hw = b.op("Slice", shape, b.const([2]), b.const([4]), b.const([0]))  # [H, W]
@@ -42,9 +41,7 @@ def lower_max_unpool(graph: gs.Graph) -> int:
         stacked = b.op("Concat", *(b.op("Unsqueeze", r, b.const([3])) for r in rows), attrs={"axis": 3})  # (B, C, h, 2, w, 2)
         full = b.op("Reshape", stacked, b.op("Concat", batch_channels, even, attrs={"axis": 0}))  # (B, C, 2h, 2w)
         pads = b.op("Concat", b.const([0, 0, 0, 0, 0, 0]), b.op("Sub", hw, even), attrs={"axis": 0})
-        node.outputs.clear()
-        b.op("Pad", full, pads, outputs=[out])
-        node.inputs.clear()
+        b.replace(node, "Pad", full, pads)
     return len(nodes)
 
 

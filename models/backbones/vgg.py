@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import ConvNormAct
+from ..base import ConvNormAct, init_conv_bn
 
 # Stride of pools 1-5 and dilation of stages 1-5 for each output stride.
 _SCHEDULES = {
@@ -135,7 +135,7 @@ class VGG(nn.Module):
             )
             self.out_channels.append(fc_channels)
             self.strides.append(total)
-        self.apply(_init_weights)
+        self.apply(init_conv_bn)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[PoolIndices]]:
         x = images
@@ -154,18 +154,6 @@ class VGG(nn.Module):
             x = self.fc(x)  # (B, C_fc, H / s_5, W / s_5)
             features.append(x)
         return (features, indices) if self.return_indices else features
-
-
-def _init_weights(m: nn.Module) -> None:
-    """torchvision's VGG initialisation (fan-out He normal convs, zero biases), which keeps activations at
-    scale through 13 plain ReLU convs; PyTorch's default shrinks them layer by layer."""
-    if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def vgg16(**kwargs) -> VGG:
