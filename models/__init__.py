@@ -1,8 +1,8 @@
 """PyTorch definitions of segmentation architectures. Importing this package registers every model.
 
 A module of this package registers its variants by containing ``@register_model`` (architecture files
-only: shared parts live in ``backbones/``, ``heads/``, ``base.py`` and ``ops.py``); a new architecture is a
-new file here, with no import list to edit.
+only: shared parts live in ``backbones/``, ``heads/``, ``ops/``, ``base.py`` and ``upsampling.py``); a new
+architecture is a new file here, with no import list to edit.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """VGG16 (models/backbones/vgg.py): the backbone protocol at every output stride and norm setting, the published
-parameter counts, SegNet's pooling indices (max-unpooling puts every maximum back where it was), and the plain
+parameter counts, SegNet's pool sources (max-unpooling from them puts every maximum back where it was), and the plain
 network's export: one dynamic-H/W ONNX graph that ONNX Runtime runs like PyTorch at two sizes and that passes the
 TensorRT parser check.
 
@@ -31,7 +31,8 @@ from engines.onnxruntime import OnnxRuntimeRunner
 from export.compile.compat import check_tensorrt_compat
 from export.compile.onnx_export import export_onnx
 from helpers import make_deterministic
-from models.backbones.vgg import VGG, max_pool_with_indices, vgg16, vgg16_fcn, vgg16_largefov, vgg16_segnet
+from models.backbones.vgg import VGG, vgg16, vgg16_fcn, vgg16_largefov, vgg16_segnet
+from models.ops.max_unpool import max_unpool
 from test_backbones import check_protocol
 
 NARROW = (8, 8, 16, 16, 16)  # every stage and layer kept, 8x narrower
@@ -79,7 +80,7 @@ def test_variant_builders():
     assert fcn.strides == [2, 4, 8, 16, 32, 32] and fcn.fc[0][0].kernel_size == (7, 7)
     check_protocol(fcn)
     segnet = vgg16_segnet(channels=NARROW)
-    assert segnet.return_indices and segnet.fc is None
+    assert segnet.return_sources and segnet.fc is None
     assert sum(isinstance(m, nn.BatchNorm2d) for m in segnet.modules()) == 13
 
 
@@ -113,55 +114,39 @@ def test_parameters_match_the_papers(build, kwargs, millions, digits):
     assert round(total / 1e6, digits) == millions
 
 
-def test_ties_keep_the_first_maximum_and_odd_sizes_floor():
-    x = torch.tensor([[[[1.0, 3.0, 3.0, 0.0, 9.0],
-                        [3.0, 2.0, 1.0, 3.0, 9.0],
-                        [9.0, 9.0, 9.0, 9.0, 9.0]]]])  # 3x5: the last row and column fall outside every window
-    pooled, where = max_pool_with_indices(x)
-    assert pooled.tolist() == [[[[3.0, 3.0]]]]
-    # Window 1 ties at flat positions 1 and 5 (= 1 * 5 + 0), window 2 at 2 and 8: PyTorch keeps the first.
-    assert where.tolist() == [[[[1, 2]]]]
-
-
 def test_unpooling_puts_every_maximum_back():
-    """SegNet's decoder contract at an odd input size (36x52: pool3 sees 9x13, pool5 sees 2x3, both floor)."""
+    """SegNet's decoder contract at an odd input size (36x52: pool3 sees 9x13, pool5 sees 2x3, both floor):
+    unpooling a pooled map with its source writes each maximum back where it was, zeros elsewhere. Ties and
+    the op's lowering are tested with the op (tests/test_custom_ops.py)."""
     torch.manual_seed(0)
     backbone = make_deterministic(vgg16_segnet(channels=NARROW))
     images = torch.randn(1, 3, 36, 52)
     with torch.no_grad():
-        features, indices = backbone(images)
+        features, sources = backbone(images)
         x = images
-        sizes = []
-        for stage, pooled, (where, size) in zip(backbone.stages, features, indices):
-            before = stage(x)  # the map this pool reduced
-            assert size == before.shape[-2:] and where.shape == pooled.shape
-            assert torch.equal(pooled, F.max_pool2d(before, 2, 2))
-            h, w = pooled.shape[-2:]
-            rows, cols = where // size[1], where % size[1]
-            # Each index lies in its own 2x2 window ...
-            assert torch.equal(rows // 2, torch.arange(h).view(1, 1, h, 1).expand_as(rows))
-            assert torch.equal(cols // 2, torch.arange(w).view(1, 1, 1, w).expand_as(cols))
-            # ... and unpooling writes each maximum back at exactly the position it came from, zeros elsewhere.
-            unpooled = F.max_unpool2d(pooled, where, 2, 2, output_size=size)
-            placed = torch.zeros_like(before, dtype=torch.bool).flatten(2).scatter_(2, where.flatten(2), True)
-            placed = placed.view_as(before)
-            assert torch.equal(unpooled[placed], before[placed])
+        for stage, pooled, source in zip(backbone.stages, features, sources):
+            assert torch.equal(source, stage(x))  # the map this pool reduced
+            assert torch.equal(pooled, F.max_pool2d(source, 2, 2))
+            unpooled = max_unpool(pooled, source)  # (B, C, H_i, W_i)
+            _, where = F.max_pool2d(source, 2, 2, return_indices=True)
+            placed = torch.zeros_like(source, dtype=torch.bool).flatten(2).scatter_(2, where.flatten(2), True)
+            placed = placed.view_as(source)
+            assert torch.equal(unpooled[placed], source[placed])
             assert not unpooled[~placed].any()
-            sizes.append(tuple(size))
             x = pooled
-    assert sizes == [(36, 52), (18, 26), (9, 13), (4, 6), (2, 3)]
+    assert [tuple(s.shape[-2:]) for s in sources] == [(36, 52), (18, 26), (9, 13), (4, 6), (2, 3)]
     assert [tuple(f.shape[-2:]) for f in features] == [(18, 26), (9, 13), (4, 6), (2, 3), (1, 1)]
 
 
-def test_indices_path_computes_the_plain_features():
+def test_sources_path_computes_the_plain_features():
     segnet = make_deterministic(vgg16_segnet(channels=NARROW, fc_channels=FC))
     plain = vgg16(channels=NARROW, norm_layer=nn.BatchNorm2d, fc_channels=FC)
     plain.load_state_dict(segnet.state_dict())
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        features, indices = segnet(images)
+        features, sources = segnet(images)
         expected = plain.eval()(images)
-    assert len(indices) == 5 and len(features) == len(expected) == len(segnet.strides)
+    assert len(sources) == 5 and len(features) == len(expected) == len(segnet.strides)
     assert all(torch.equal(a, b) for a, b in zip(features, expected))
 
 
@@ -201,7 +186,7 @@ def test_plain_network_exports_for_any_size(build, kwargs, sizes, tmp_path):
 def test_refuses_settings_it_cannot_honour():
     with pytest.raises(ValueError, match="output_stride=4"):
         vgg16(output_stride=4)
-    with pytest.raises(ValueError, match="return_indices with output_stride=8"):
+    with pytest.raises(ValueError, match="return_sources with output_stride=8"):
         vgg16_segnet(output_stride=8)
     with pytest.raises(ValueError, match="kernel 4 at dilation 1"):
         vgg16(fc_channels=FC, fc_kernel_size=4)

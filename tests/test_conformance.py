@@ -64,6 +64,14 @@ def test_export_contract(exported):
     assert all(d.dim_param for d in dims[2:]) == get_spec(name).dynamic_hw
 
 
+@pytest.mark.parametrize("version", ["10.3", "11.1"])
+def test_tensorrt_graph_passes_the_op_tables(exported, version):
+    """The graph a TensorRT build parses (custom ops lowered for TensorRT) uses only what the oldest and the
+    newest supported release accept (export/compile/data/tensorrt_onnx_ops.yaml)."""
+    _, graph, *_ = exported
+    assert check_tensorrt_compat(apply_rewrites(graph, "tensorrt")[0], version) == []
+
+
 def test_fp32_parity(exported):
     _, graph, inputs, references, _ = exported
     lowered, _ = apply_rewrites(graph, "onnxruntime")

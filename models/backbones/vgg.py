@@ -9,8 +9,8 @@ stages of 2, 2, 3, 3, 3 layers and widths 64, 128, 256, 512, 512, each stage clo
   classifier's fc6/fc7 recast as convolutions: ``vgg16_fcn``.
 - **SegNet** (Badrinarayanan, Kendall & Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for
   Image Segmentation", TPAMI 2017) puts BatchNorm after every conv, drops fc6/fc7 and max-unpools with the
-  encoder's pooling indices: ``vgg16_segnet``, whose ``forward`` also returns, per pool, the indices and the
-  size of the map that was pooled (``return_indices``).
+  encoder's pooling indices: ``vgg16_segnet``, whose ``forward`` also returns, per pool, the map that pool
+  reduced (``return_sources``), from which ``models.ops.max_unpool`` recovers where each maximum was.
 - **DeepLab-LargeFOV** (Chen et al., "Semantic Image Segmentation with Deep Convolutional Nets and Fully
   Connected CRFs", ICLR 2015) runs at output stride 8: ``vgg16_largefov``.
 
@@ -33,15 +33,14 @@ order (conv, [norm,] ReLU per layer), so its vgg16 checkpoint maps over by posit
 a bias on each conv before BatchNorm, which ``ConvNormAct`` drops as redundant (4,224 parameters at full width):
 a loader folds it into the norm's running mean (``running_mean - bias``), which gives the same outputs.
 
-**Deployment.** The plain forward is Conv, ReLU and MaxPool only. TensorRT's ONNX parser rejects MaxPool's
-Indices output, so the indices path goes through one function, ``max_pool_with_indices``, which a custom op
-replaces when SegNet is deployed; nothing else computes indices, and without ``return_indices`` it is never
-called.
+**Deployment.** The forward is Conv, ReLU and MaxPool only, with SegNet too: TensorRT's ONNX parser rejects
+MaxPool's Indices output and has no MaxUnpool (onnx-tensorrt operators.md), so no integer indices leave the
+encoder. The decoder's custom op ``max_unpool(values, source)`` takes the pooled map's source instead and
+finds each window's first maximum itself, which is what PyTorch's indices say.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..base import ConvNormAct, init_conv_bn
@@ -55,28 +54,12 @@ _SCHEDULES = {
 VGG16_DEPTHS = (2, 2, 3, 3, 3)
 VGG16_CHANNELS = (64, 128, 256, 512, 512)
 
-# One pool's indices and the (H, W) of the map it pooled: what F.max_unpool2d needs to undo it.
-PoolIndices = tuple[torch.Tensor, torch.Size]
-
-
-def max_pool_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2x2 stride-2 max pooling that also says where each maximum was: SegNet's pooling indices.
-
-    ``x`` (B, C, H, W) -> pooled (B, C, H // 2, W // 2) and indices of the same shape (int64), each the flat
-    position ``h * W + w`` of its maximum within its own (sample, channel) plane of ``x``, the layout
-    ``F.max_unpool2d`` takes (ONNX MaxPool counts over the whole tensor instead). Odd sizes floor, as the plain
-    pool does; on ties the first maximum in row-major window order wins (PyTorch's rule). This is the one place
-    indices are computed: the custom op that deploys SegNet on TensorRT (no Indices output there) replaces it.
-    """
-    return F.max_pool2d(x, kernel_size=2, stride=2, return_indices=True)
-
-
 class VGG(nn.Module):
     """A VGG backbone returning its five pooled maps (and fc7 when ``fc_channels`` is set).
 
-    ``return_indices=True`` makes ``forward`` return ``(features, indices)``, ``indices[i]`` being
-    ``(indices, input size)`` of pool i+1; it needs ``output_stride=32``, where every pool is the 2x2 stride-2
-    one a decoder can unpool. ``norm_layer=None`` gives convs with bias and no norm (VGG, FCN, DeepLab);
+    ``return_sources=True`` makes ``forward`` return ``(features, sources)``, ``sources[i]`` being the map pool
+    i+1 reduced (stage i+1's output, before pooling); it needs ``output_stride=32``, where every pool is the
+    2x2 stride-2 one a decoder can unpool. ``norm_layer=None`` gives convs with bias and no norm (VGG, FCN, DeepLab);
     ``nn.BatchNorm2d`` gives SegNet's encoder.
     """
 
@@ -86,7 +69,7 @@ class VGG(nn.Module):
         channels: tuple[int, ...] = VGG16_CHANNELS,
         output_stride: int = 32,
         norm_layer: type[nn.Module] | None = None,
-        return_indices: bool = False,
+        return_sources: bool = False,
         fc_channels: int | None = None,
         fc_kernel_size: int = 7,
         fc_dilation: int | None = None,
@@ -98,11 +81,11 @@ class VGG(nn.Module):
             raise ValueError(f"output_stride={output_stride}: expected one of {', '.join(map(str, _SCHEDULES))}")
         if len(depths) != 5 or len(channels) != 5:
             raise ValueError(f"depths {depths} and channels {channels}: expected five stages each, one per pool")
-        if return_indices and output_stride != 32:
-            raise ValueError(f"return_indices with output_stride={output_stride}: pooling indices need "
+        if return_sources and output_stride != 32:
+            raise ValueError(f"return_sources with output_stride={output_stride}: max unpooling needs "
                              "output_stride=32 (five 2x2 stride-2 pools, as SegNet's decoder unpools them)")
         pool_strides, dilations = _SCHEDULES[output_stride]
-        self.return_indices = return_indices
+        self.return_sources = return_sources
         self.stages = nn.ModuleList()
         self.pools = nn.ModuleList()
         self.out_channels: list[int] = []
@@ -137,23 +120,19 @@ class VGG(nn.Module):
             self.strides.append(total)
         self.apply(init_conv_bn)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[PoolIndices]]:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = images
         features: list[torch.Tensor] = []
-        indices: list[PoolIndices] = []
+        sources: list[torch.Tensor] = []
         for stage, pool in zip(self.stages, self.pools):
             x = stage(x)  # (B, C_i, H_i, W_i): the map this stage's pool reduces, H_i = H / s_(i-1)
-            if self.return_indices:
-                size = x.shape[-2:]
-                x, where = max_pool_with_indices(x)  # both (B, C_i, H_i // 2, W_i // 2)
-                indices.append((where, size))
-            else:
-                x = pool(x)  # (B, C_i, H / s_i, W / s_i)
+            sources.append(x)
+            x = pool(x)  # (B, C_i, H / s_i, W / s_i)
             features.append(x)
         if self.fc is not None:
             x = self.fc(x)  # (B, C_fc, H / s_5, W / s_5)
             features.append(x)
-        return (features, indices) if self.return_indices else features
+        return (features, sources) if self.return_sources else features
 
 
 def vgg16(**kwargs) -> VGG:
@@ -172,5 +151,5 @@ def vgg16_largefov(**kwargs) -> VGG:
 
 
 def vgg16_segnet(**kwargs) -> VGG:
-    """SegNet's encoder: VGG16 with BatchNorm after every conv, returning the pooling indices too."""
-    return VGG(**{"norm_layer": nn.BatchNorm2d, "return_indices": True, **kwargs})
+    """SegNet's encoder: VGG16 with BatchNorm after every conv, returning each pool's source map too."""
+    return VGG(**{"norm_layer": nn.BatchNorm2d, "return_sources": True, **kwargs})

@@ -1,0 +1,98 @@
+"""FCN-32s, FCN-16s and FCN-8s (Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic
+Segmentation", CVPR 2015, https://arxiv.org/abs/1411.4038) on VGG16.
+
+VGG16's classifier recast as convolutions (fc6 7x7, fc7 1x1: ``models.backbones.vgg.vgg16_fcn``) scores every
+position at stride 32 (``score_fr``, 1x1). FCN-32s upsamples those scores 32x in one step; FCN-16s first
+upsamples them 2x and adds scores from pool4 (stride 16), then upsamples 16x; FCN-8s adds pool3's scores too
+(stride 8) before an 8x step. Each upsampling is a transposed convolution initialised to bilinear
+interpolation (``models.upsampling.TransposedConvUpsample``), the skip scores are 1x1 convs initialised to
+zero, so that training starts from the coarser net's output, as the paper does (Sec. 4.2).
+
+Parameters: 134M for each (the paper's Table 1, FCN-VGG16: the VGG16 backbone with 21 classes; the skips
+add 11k each). The reference's upsampling layers (fcn.berkeleyvision.org, ``voc-fcn*s/net.py``) are full
+class-to-class deconvolutions that are bilinear on the diagonal and zero elsewhere, 1.8M parameters for the
+64x64 one, which the paper's count does not include; here each class has its own learned kernel (a grouped
+transposed conv), the same function at initialisation. The reference freezes the final upsampling
+(``lr_mult: 0``); here it is learnable, and a trainer may freeze it.
+
+Not reproduced: conv1_1's 100-pixel padding and the crops it forces (models/backbones/vgg.py says why);
+every map here is exactly input / stride, so input sizes must be multiples of 32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones.vgg import vgg16_fcn
+from .base import SegmentationModel
+from .registry import register_model
+from .upsampling import bilinear_kernel
+
+
+class ClassUpsample(nn.ConvTranspose2d):
+    """(B, K, h, w) scores -> (B, K, s*h, s*w): one learned kernel per class (kernel 2s, stride s, padding
+    s/2, no bias), initialised to bilinear interpolation."""
+
+    def __init__(self, num_classes: int, scale: int) -> None:
+        super().__init__(num_classes, num_classes, 2 * scale, scale, scale // 2, groups=num_classes, bias=False)
+        with torch.no_grad():
+            self.weight.copy_(bilinear_kernel(1, 2 * scale).expand_as(self.weight))
+
+
+def _zero_conv(in_channels: int, num_classes: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, num_classes, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class FCNSkipHead(nn.Module):
+    """Scores from fc7 and, for 16s and 8s, from pool4 and pool3, fused coarse to fine; logits at stride 1.
+
+    ``skips``: 0 (FCN-32s), 1 (16s: pool4) or 2 (8s: pool4 and pool3). Reads the backbone's features
+    ``[pool1, ..., pool5, fc7]``: pool3 is ``features[2]``, pool4 ``features[3]``, fc7 ``features[-1]``.
+    """
+
+    def __init__(self, in_channels: list[int], num_classes: int, skips: int = 2) -> None:
+        super().__init__()
+        if skips not in (0, 1, 2):
+            raise ValueError(f"FCN skips={skips}: expected 0 (FCN-32s), 1 (16s) or 2 (8s)")
+        self.skips = skips
+        self.score_fr = nn.Conv2d(in_channels[-1], num_classes, 1)
+        # From the coarsest: score_pool4, then score_pool3.
+        self.score_pools = nn.ModuleList(_zero_conv(in_channels[3 - i], num_classes) for i in range(skips))
+        self.upscore2 = nn.ModuleList(ClassUpsample(num_classes, 2) for _ in range(skips))
+        self.upscore = ClassUpsample(num_classes, 32 // 2**skips)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        score = self.score_fr(features[-1])  # (B, K, H/32, W/32)
+        for i, (score_pool, up) in enumerate(zip(self.score_pools, self.upscore2)):
+            score = up(score) + score_pool(features[3 - i])  # (B, K, H/16, W/16), then (B, K, H/8, W/8)
+        return self.upscore(score)  # (B, K, H, W)
+
+
+def _fcn(skips: int, num_classes: int, **backbone) -> SegmentationModel:
+    encoder = vgg16_fcn(**backbone)
+    return SegmentationModel(encoder, FCNSkipHead(encoder.out_channels, num_classes, skips), num_classes)
+
+
+# Numerical tests: every conv kept, 8x narrower, fc6/fc7 at 64 channels.
+_NARROW = {"channels": (8, 16, 32, 64, 64), "fc_channels": 64}
+
+
+@register_model("fcn", size_divisor=32, output_stride=1, test_kwargs=_NARROW)
+def fcn32s(num_classes: int = 21, **kwargs) -> nn.Module:
+    """FCN-32s on VGG16: fc7 scores upsampled 32x in one step."""
+    return _fcn(0, num_classes, **kwargs)
+
+
+@register_model("fcn", size_divisor=32, output_stride=1, test_kwargs=_NARROW)
+def fcn16s(num_classes: int = 21, **kwargs) -> nn.Module:
+    """FCN-16s on VGG16: fc7 scores 2x, plus pool4 scores, upsampled 16x."""
+    return _fcn(1, num_classes, **kwargs)
+
+
+@register_model("fcn", size_divisor=32, output_stride=1, test_kwargs=_NARROW)
+def fcn8s(num_classes: int = 21, **kwargs) -> nn.Module:
+    """FCN-8s on VGG16: fc7 scores 2x, plus pool4, 2x, plus pool3, upsampled 8x."""
+    return _fcn(2, num_classes, **kwargs)
