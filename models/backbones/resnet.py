@@ -1,5 +1,5 @@
-"""ResNet-50/101 for segmentation (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), with
-the two changes segmentation networks make to it:
+"""ResNet-18/34/50/101 for segmentation (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016),
+with the two changes segmentation networks make to it:
 
 - **Output stride by dilation** (Chen et al., DeepLab, TPAMI 2018; Yu & Koltun, ICLR 2016): stages that would
   downsample past ``output_stride`` keep their resolution and dilate their 3x3 convs instead (8: stages 3-4
@@ -8,8 +8,10 @@ the two changes segmentation networks make to it:
 - **Deep stem** (ResNetV1c, used by PSPNet, CCNet and mmsegmentation's checkpoints): three 3x3 convs in place
   of the 7x7, then max pooling; ``deep_stem=False`` is the original 7x7 stem.
 
-Bottlenecks are v1.5 (the stride sits on the 3x3 conv). ``forward`` returns the four stage outputs;
-``out_channels`` and ``strides`` describe them.
+ResNet-18/34 are built of basic blocks (two 3x3 convs), ResNet-50/101 of bottlenecks, v1.5 (the stride sits on
+the 3x3 conv). ``ResNet`` takes the block type (``block``, default ``Bottleneck``); ``resnet(depth)`` picks it
+from the depth (``BLOCKS``), which ``DEPTHS`` alone cannot tell: ResNet-34 and -50 have the same stage depths.
+``forward`` returns the four stage outputs; ``out_channels`` and ``strides`` describe them.
 """
 from __future__ import annotations
 
@@ -24,7 +26,29 @@ _SCHEDULES = {
     16: ((1, 2, 2, 1), (1, 1, 1, 2)),
     32: ((1, 2, 2, 2), (1, 1, 1, 1)),
 }
-DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+# Blocks per stage; the block type of each depth is in BLOCKS (below the block classes).
+DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+class BasicBlock(nn.Module):
+    """The ResNet-18/34 block: two 3x3 convs, the first carrying the stride; both dilated in a dilated stage."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, dilation: int = 1,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = ConvNormAct(in_channels, width, 3, stride, dilation, norm_layer=norm_layer)
+        self.conv2 = ConvNormAct(width, out_channels, 3, dilation=dilation, norm_layer=norm_layer, act_layer=None)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = ConvNormAct(in_channels, out_channels, 1, stride, norm_layer=norm_layer, act_layer=None)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(self.conv2(self.conv1(x)) + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -53,7 +77,8 @@ class ResNet(nn.Module):
     """A ResNet backbone returning its four stage outputs, at strides 4, 8, 16, 32 capped by ``output_stride``."""
 
     def __init__(self, layers: tuple[int, int, int, int], output_stride: int = 8, deep_stem: bool = True,
-                 stem_width: int = 64, base_width: int = 64, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 stem_width: int = 64, base_width: int = 64, norm_layer: type[nn.Module] = nn.BatchNorm2d,
+                 block: type[BasicBlock | Bottleneck] = Bottleneck) -> None:
         super().__init__()
         if output_stride not in _SCHEDULES:
             raise ValueError(f"output_stride={output_stride}: expected one of {', '.join(map(str, _SCHEDULES))}")
@@ -78,8 +103,8 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(depth):
                 d = max(1, dilation // 2) if j == 0 and dilation > 1 else dilation
-                blocks.append(Bottleneck(channels, width, stride if j == 0 else 1, d, norm_layer))
-                channels = width * Bottleneck.expansion
+                blocks.append(block(channels, width, stride if j == 0 else 1, d, norm_layer))
+                channels = width * block.expansion
             total *= stride
             self.stages.append(nn.Sequential(*blocks))
             self.out_channels.append(channels)
@@ -94,8 +119,11 @@ class ResNet(nn.Module):
         return features
 
 
+BLOCKS: dict[int, type[BasicBlock | Bottleneck]] = {18: BasicBlock, 34: BasicBlock, 50: Bottleneck, 101: Bottleneck}
+
+
 def resnet(depth: int = 50, **kwargs) -> ResNet:
-    """ResNet-50 or -101 (``DEPTHS``); keyword arguments as ``ResNet``'s."""
+    """ResNet-18, -34, -50 or -101 (``DEPTHS``, ``BLOCKS``); keyword arguments as ``ResNet``'s."""
     if depth not in DEPTHS:
         raise ValueError(f"ResNet depth {depth}: expected one of {', '.join(map(str, DEPTHS))}")
-    return ResNet(DEPTHS[depth], **kwargs)
+    return ResNet(DEPTHS[depth], block=BLOCKS[depth], **kwargs)
