@@ -34,6 +34,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="camera capture rate")
     p.add_argument("--reconnect-timeout", type=float, default=30.0,
                    help="give up on a lost camera or stream after this many seconds (default 30)")
+    p.add_argument("--tile", metavar="HxW",
+                   help="sliding-window mode: keep each frame at its own size and cover it with HxW tiles (a size "
+                        "the engine takes: within its input.min/max, a multiple of its size divisor), averaging "
+                        "logits where tiles overlap; needs an engine built with embed_pre_post: false")
+    p.add_argument("--stride", metavar="HxW", help="with --tile: the step between tiles (default: the tile, no "
+                   "overlap; smaller than the tile makes them overlap)")
     return p
 
 
@@ -48,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--alpha: {args.alpha} is not between 0 and 1")
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames: must be at least 1")
+    from engines.tiling import Tiling
+
+    try:
+        tiling = Tiling.from_flags(args.tile, args.stride)
+    except ValueError as exc:
+        p.error(str(exc))
     from .engine import SegmentationEngine, resolve_engine
     from .outputs import open_output
     from .pipeline import RunOptions, run
@@ -60,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, why = resolve_engine(args.engine, Path(args.build_dir), args.backend)
         log(f"engine: {why}")
-        engine = SegmentationEngine(path, args.threads)
+        engine = SegmentationEngine(path, args.threads, tiling)
+        if tiling is not None:
+            log(f"tiled: {tiling.describe()}, each frame at its own size")
         source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
                              reconnect_timeout=args.reconnect_timeout, log=log)
         info = source.open()

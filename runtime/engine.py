@@ -3,6 +3,10 @@
 The manifest says the input size, the normalization, the class names and palette, and whether
 normalization and argmax live inside the engine (``embed_pre_post``); when they do, the host only resizes
 and copies uint8 pixels, otherwise it normalizes before and takes the argmax after.
+
+Frames are resized to the engine's input size, except with a tiling (``--tile``): then a frame keeps its
+own resolution and is covered by tiles the engine takes, their logits averaged (engines/tiling.py), and the
+class map comes out at the frame's size.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from engines import artifacts as layout
 from engines.base import EngineError, Runner
 from engines.manifest import embeds_pre_post, read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
+from engines.tiling import TiledRunner, Tiling, check_tiling
 
 from .types import Legend, RuntimeFault
 
@@ -68,14 +73,17 @@ def _passed(path: Path) -> bool:
 class SegmentationEngine:
     """Loads an engine through its manifest and turns BGR frames into (h, w) uint8 class maps."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, tiling: Tiling | None = None) -> None:
         """``threads``: ONNX Runtime's intra-op threads (default: the manifest's session settings). On a
-        small CPU, leaving a core to capture and drawing keeps the pipeline at the engine's pace."""
+        small CPU, leaving a core to capture and drawing keeps the pipeline at the engine's pace.
+        ``tiling``: run each frame at its own size in sliding windows instead of resized to the engine's."""
         try:
             self.manifest = read_manifest(path)
             if self.manifest.get("kind") != "engine":
                 raise RuntimeFault(f"{path} is a TensorRT-bound graph, not an engine; compile it on the GPU machine "
                                    "with python -m export build --backends tensorrt")
+            if tiling is not None:
+                check_tiling(self.manifest, tiling, path)  # before loading: a refusal costs nothing
             self.runner: Runner = (_tensorrt_runner(path) if self.manifest["backend"] == "tensorrt"
                                    else OnnxRuntimeRunner.from_engine(path, threads))
         except EngineError as exc:
@@ -85,6 +93,9 @@ class SegmentationEngine:
         self.size = tuple(m["input"]["size"])  # (H, W) the engine runs at
         self.pre_post = embeds_pre_post(m)
         self.input_name, self.output_name = m["input"]["name"], m["output"]["name"]
+        self.tiling = tiling
+        if tiling is not None:
+            self.runner = TiledRunner(self.runner, tiling, self.input_name, self.output_name)
         self.mean = np.asarray(m["normalization"]["mean"], np.float32)
         self.inv_std = 1 / np.asarray(m["normalization"]["std"], np.float32)
         self.legend = Legend(m["classes"], m["palette"])
@@ -101,7 +112,7 @@ class SegmentationEngine:
 
     def preprocess(self, frame_bgr: np.ndarray) -> dict[str, np.ndarray]:
         h, w = self.size
-        if frame_bgr.shape[:2] != (h, w):
+        if self.tiling is None and frame_bgr.shape[:2] != (h, w):
             frame_bgr = cv2.resize(frame_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         if self.pre_post:

@@ -56,7 +56,7 @@ class Source(ABC):
 @dataclass
 class Result:
     frame: Frame
-    classes: np.ndarray  # (h, w) uint8 class ids at the engine's input resolution
+    classes: np.ndarray  # (h, w) uint8 class ids at the engine's input resolution (tiled: the frame's)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: capture, pre, infer, post, output
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from engines.manifest import manifest_path, read_manifest
+from engines.onnxruntime import OnnxRuntimeRunner
+from engines.tiling import Tiling, slide
 from export.__main__ import main as export_main
 from helpers import cli, tiny_pipeline
 from runtime.engine import SegmentationEngine, resolve_engine
@@ -33,12 +35,12 @@ def run_cli(*args, timeout=300):
     return cli(*args, module="runtime", timeout=timeout)
 
 
-def direct_histograms(engine_path, uri, n):
+def direct_histograms(engine_path, uri, n, tiling=None):
     """What the engine says about each frame of ``uri`` when called directly, one frame at a time."""
     source = open_source(uri)
     source.open()
     hists = []
-    with SegmentationEngine(engine_path) as engine:
+    with SegmentationEngine(engine_path, tiling=tiling) as engine:
         for _ in range(n):
             frame = source.read()
             classes = engine.segment(frame.image)
@@ -121,6 +123,9 @@ def test_long_run_does_not_grow_memory(build_dir):
     (["--source", "SYNTH", "--engine", "nosuchmodel"], "no engines for 'nosuchmodel'"),
     (["--source", "SYNTH", "--engine", "missing.plan"], "does not exist"),
     (["--source", "SYNTH", "--backend", "tensorrt"], "TensorRT cannot run here"),
+    (["--source", "SYNTH", "--tile", "48x64"], "takes sizes that are multiples of 32"),
+    (["--source", "SYNTH", "--tile", "128x128"], "outside the sizes"),
+    (["--source", "SYNTH", "--engine", "segformer_b0", "--tile", "64x64"], "embed_pre_post: false"),
 ])
 def test_bad_input_is_one_clear_line(build_dir, args, message):
     args = [a.replace("SYNTH", SYNTHETIC.format(n=2)) for a in args]
@@ -131,6 +136,50 @@ def test_bad_input_is_one_clear_line(build_dir, args, message):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tile", "64"], "--tile: expected HEIGHTxWIDTH"),
+    (["--tile", "64x64", "--stride", "65x8"], "--stride 65x8 is larger than --tile 64x64"),
+    (["--stride", "32x32"], "--stride only applies with --tile"),
+])
+def test_malformed_tile_is_a_usage_error(build_dir, args, message):
+    r = run_cli("--build-dir", str(build_dir), "--engine", "bisenetv2", "--source", SYNTHETIC.format(n=2), *args)
+    assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+TILED = "synthetic://?width=160&height=96&frames={n}&seed=3"
+
+
+def test_tiled_run_segments_frames_at_their_own_size(build_dir, tmp_path):
+    """--tile: a 96x160 source through a 64x64 engine in overlapping tiles, not resized to 64x64; the class
+    maps are the source's size and the same as the engine called directly in the same windows."""
+    n = 4
+    out, stats = tmp_path / "frames", tmp_path / "stats.jsonl"
+    r = run_cli("--engine", "bisenetv2:fp32", "--build-dir", str(build_dir), "--source", TILED.format(n=n),
+                "--tile", "64x64", "--stride", "32x48", "--output", f"{out}/", "--view", "mask", "--stats", str(stats))
+    assert r.returncode == 0, r.stderr
+    assert "tiled: tiles 64x64, stride 32x48" in r.stderr
+    written = sorted(out.iterdir())
+    assert len(written) == n and all(cv2.imread(str(p)).shape == (96, 160, 3) for p in written)
+    engine_path = build_dir / "bisenetv2" / "onnxruntime" / "fp32.engine.onnx"
+    per_frame = [json.loads(line) for line in stats.read_text().splitlines()[:-1]]
+    tiling = Tiling.from_flags("64x64", "32x48")
+    assert [x["classes"] for x in per_frame] == direct_histograms(engine_path, TILED.format(n=n), n, tiling)
+
+    source = open_source(TILED.format(n=1))
+    source.open()
+    frame = source.read().image
+    source.close()
+    with SegmentationEngine(engine_path, tiling=tiling) as engine:
+        classes = engine.segment(frame)
+    m = read_manifest(engine_path)
+    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32)
+    x = ((rgb - m["normalization"]["mean"]) / np.asarray(m["normalization"]["std"], np.float32)).transpose(2, 0, 1)[None]
+    with OnnxRuntimeRunner.from_engine(engine_path) as runner:
+        logits = slide(np.ascontiguousarray(x, np.float32), lambda t: runner.infer({"images": t})["logits"], tiling)
+    assert classes.shape == (96, 160) and (classes == logits.argmax(1)[0]).mean() > 0.999
 
 
 def test_engine_built_for_another_machine_is_refused(build_dir, tmp_path):

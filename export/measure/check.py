@@ -4,6 +4,10 @@ Accuracy is agreement with PyTorch (logit error, pixel agreement, mIoU of engine
 PyTorch's). Speed is PyTorch eager against the engine on the same CPU with the same thread count,
 measured in one run so that the ratio holds on a noisy machine. Against a labelled dataset (``--data``):
 export/measure/evaluate.py, which reuses the artifact discovery and loading here.
+
+With a tiling (``--tile``), each engine gets a second row: the check images at their own size (not resized
+to the model's input size) in sliding windows (engines/tiling.py), against PyTorch run through the same
+windows, padding and averaging; its speeds are per frame, PyTorch's tiled the same way.
 """
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ from engines import artifacts as layout
 from engines.base import EngineError
 from engines.manifest import embeds_pre_post, read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
+from engines.tiling import Tiling, check_tiling, slide, windows
 
 from ..compile.weights import load_model
 from ..log import log
 from .samples import agreement, engine_outputs, sample_inputs
 from ..config import Pipeline
 from ..errors import UserError
+from ..images import preprocess
 from .speed import latency_summary, timed_calls
 
 
@@ -59,11 +65,36 @@ def _open(path: Path, threads: int):
     return manifest, OnnxRuntimeRunner.from_engine(path, threads), "onnxruntime"
 
 
-def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | None = None) -> list[dict]:
+def check_tileable(out: Path, names: list[str], tiling: Tiling) -> None:
+    """Refuse, before any slow work, a tiling that some built artifact of ``names`` cannot run (engines/tiling.py
+    says why: argmax inside, or a tile outside its profile)."""
+    for name in names:
+        for path in artifacts(out, name):
+            try:
+                check_tiling(read_manifest(path), tiling, path)
+            except EngineError as exc:
+                raise UserError(str(exc)) from None
+
+
+def torch_logits(model: torch.nn.Module):
+    """PyTorch as an ``infer`` function for ``engines.tiling.slide``: a normalized tile in, its logits out."""
+    return lambda x: model(torch.from_numpy(x)).numpy()
+
+
+def engine_logits(runner):
+    """An active runner (logits out) as an ``infer`` function for ``engines.tiling.slide``."""
+    return lambda x: runner.infer({"images": x})["logits"]
+
+
+def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | None = None,
+          tiling: Tiling | None = None) -> list[dict]:
+    """One row per built engine (``mode`` whole); with ``tiling``, a second (``mode`` tiled) per engine."""
     out = Path(out_dir) if out_dir else pipeline.resolve(pipeline.out_dir)
     cfg_check = pipeline.check
     threads = cfg_check.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    if tiling is not None:
+        check_tileable(out, [c.name for c in pipeline.models if not models or c.name in models], tiling)
     rows = []
     for cfg in pipeline.models:
         if models and cfg.name not in models:
@@ -77,11 +108,12 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             eager = _latency(lambda x: model(torch.from_numpy(x)), samples.tensors, cfg_check.warmup, cfg_check.iterations)
         log(f"{cfg.name}: PyTorch eager p50 {eager['p50_ms']:.1f} ms at {cfg.input.size[0]}x{cfg.input.size[1]}, "
             f"{threads} threads")
+        tiled = tiled_inputs(samples, cfg, model, tiling, cfg_check) if tiling is not None else None
         for path in found:
             manifest, runner, how = open_artifact(path, threads)
             row = {"model": cfg.name, "precision": manifest["precision"], "backend": manifest["backend"],
                    "kind": manifest.get("kind", "engine"), "run_with": how, "artifact": str(path),
-                   "size": cfg.input.size, "threads": threads, "pytorch": eager}
+                   "size": cfg.input.size, "threads": threads, "mode": "whole", "pytorch": eager}
             if runner is None:
                 rows.append({**row, "skipped": how})
                 continue
@@ -90,13 +122,44 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             with runner:
                 outputs = engine_outputs(runner, feeds, pre_post)
                 speed = _latency(runner.infer, feeds, cfg_check.warmup, cfg_check.iterations)
+                if tiled is not None:
+                    tiled_row = tiled_check(row, runner, tiled, tiling, cfg_check)
             row.update(agreement(outputs, samples.references, pre_post))
             row["engine"] = speed
             row["speedup_vs_pytorch"] = eager["p50_ms"] / speed["p50_ms"]
             rows.append(row)
             log(f"  {manifest['precision']} {how}: p50 {speed['p50_ms']:.1f} ms, "
                 f"x{row['speedup_vs_pytorch']:.2f} vs eager, agreement {row['pixel_agreement']:.4f}")
+            if tiled is not None:
+                rows.append(tiled_row)
+                log(f"  {manifest['precision']} {how}, tiled: p50 {tiled_row['engine']['p50_ms']:.1f} ms per frame, "
+                    f"agreement {tiled_row['pixel_agreement']:.4f}")
     return rows
+
+
+def tiled_inputs(samples, cfg, model: torch.nn.Module, tiling: Tiling, cfg_check) -> dict:
+    """The check images at their own size, normalized; PyTorch's tiled logits for them and its tiled speed."""
+    tensors = [preprocess(image, image.shape[:2], cfg.mean, cfg.std) for image in samples.originals]
+    run = lambda x: slide(x, torch_logits(model), tiling)  # noqa: E731
+    with torch.no_grad():
+        references = [run(x) for x in tensors]
+        eager = _latency(run, tensors, cfg_check.warmup, cfg_check.iterations)
+    h, w = tensors[0].shape[-2:]
+    log(f"{cfg.name}: PyTorch eager tiled p50 {eager['p50_ms']:.1f} ms per {h}x{w} frame, "
+        f"{len(windows(h, w, tiling))} {tiling.describe()}")
+    return {"tensors": tensors, "references": references, "pytorch": eager, "size": [int(h), int(w)],
+            "tiles_per_frame": len(windows(h, w, tiling))}
+
+
+def tiled_check(whole: dict, runner, tiled: dict, tiling: Tiling, cfg_check) -> dict:
+    """The tiled row beside an engine's whole-image row: agreement with tiled PyTorch, speed per frame."""
+    run = lambda x: slide(x, engine_logits(runner), tiling)  # noqa: E731
+    outputs = [run(x) for x in tiled["tensors"]]
+    speed = _latency(run, tiled["tensors"], cfg_check.warmup, cfg_check.iterations)
+    return {**whole, "size": tiled["size"], "mode": "tiled", "tiling": tiling.as_dict(),
+            "tiles_per_frame": tiled["tiles_per_frame"], "pytorch": tiled["pytorch"],
+            **agreement(outputs, tiled["references"], False), "engine": speed,
+            "speedup_vs_pytorch": tiled["pytorch"]["p50_ms"] / speed["p50_ms"]}
 
 
 COLUMNS = ["model", "precision", "run_with", "max|err|", "rel L2", "agree", "mIoU", "eager p50", "eager p90",
@@ -111,7 +174,11 @@ def table(rows: list[dict]) -> list[list[str]]:
             continue
         e, p = r["engine"], r["pytorch"]
         err = lambda v: "n/a" if v is None else f"{v:.2e}"  # noqa: E731  (engines with argmax inside: no logits)
-        lines.append([r["model"], r["precision"], r["run_with"], err(r["max_abs_error"]), err(r["rel_l2_error"]),
+        how = r["run_with"]
+        if r.get("mode") == "tiled":
+            t, s = r["tiling"]["tile"], r["tiling"]["stride"]
+            how += f", tiled {t[0]}x{t[1]} stride {s[0]}x{s[1]} at {r['size'][0]}x{r['size'][1]}"
+        lines.append([r["model"], r["precision"], how, err(r["max_abs_error"]), err(r["rel_l2_error"]),
                       f"{r['pixel_agreement']:.4f}", f"{r['miou_vs_pytorch']:.4f}", f"{p['p50_ms']:.1f}",
                       f"{p['p90_ms']:.1f}", f"{e['p50_ms']:.1f}", f"{e['p90_ms']:.1f}", f"{e['throughput_fps']:.1f}",
                       f"{r['speedup_vs_pytorch']:.2f}x"])
@@ -130,6 +197,9 @@ def render_markdown(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     lines += ["", "Latencies in ms at batch 1; speedup = PyTorch eager p50 / engine p50, same threads, same run."]
+    if any(r.get("mode") == "tiled" for r in rows):
+        lines += ["", "Tiled rows: the images at their own size in sliding windows (logits averaged where tiles "
+                  "overlap), PyTorch run through the same windows; latencies per frame, all its tiles."]
     return "\n".join(lines) + "\n"
 
 

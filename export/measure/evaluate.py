@@ -9,6 +9,10 @@ of peak, see export/measure/speed.py).
 Scoring happens at the model's input size, where the engines run: images are resized with INTER_LINEAR,
 labels with INTER_NEAREST, and label 255 is ignored. Images are streamed one at a time, with PyTorch and
 every engine run on each, so a dataset of any size needs the memory of one image.
+
+With a tiling (``--tile``), a second pass scores PyTorch and every engine in sliding windows
+(engines/tiling.py) over each image at its own size, against its labels at their own size, and times them
+per frame: the report's "whole vs tiled" rows (``result["tiled"]``).
 """
 from __future__ import annotations
 
@@ -23,13 +27,14 @@ import torch
 
 from engines import artifacts as layout
 from engines.manifest import embeds_pre_post
+from engines.tiling import Tiling, slide
 from models import count_parameters
 from data import IGNORE
 
 from ..compile.weights import load_model
 from ..log import log
 from .samples import Samples
-from .check import artifacts, machine_description, open_artifact
+from .check import artifacts, check_tileable, engine_logits, machine_description, open_artifact, torch_logits
 from ..config import ModelConfig, Pipeline
 from ..errors import UserError
 from ..images import preprocess
@@ -46,6 +51,7 @@ class DataOptions:
     layout: str = "auto"
     limit: int | None = None
     batch: int = 4  # frames per call for the batch-N speed measurement
+    tiling: Tiling | None = None  # also score and time sliding-window inference at each image's own size
 
 
 # Scores -------------------------------------------------------------------------------------------------
@@ -122,18 +128,21 @@ def open_labelled(options: DataOptions):
     return dataset
 
 
-def labelled_frame(dataset, index: int, size: tuple[int, int], root: str) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``index`` at ``size`` (H, W) as uint8 RGB, and its labels resized with nearest neighbour."""
+def labelled_frame(dataset, index: int, size: tuple[int, int] | None, root: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` at ``size`` (H, W) as uint8 RGB, and its labels resized with nearest neighbour
+    (``size`` None: both at their own size)."""
     from data import DataError
 
     try:
         rgb, label = dataset[index]
     except DataError as exc:
         raise UserError(f"--data: {exc}") from None
-    h, w = size
     if rgb.shape[:2] != label.shape[:2]:
         raise UserError(f"--data {root}: image {index} is {rgb.shape[1]}x{rgb.shape[0]} but its label is "
                         f"{label.shape[1]}x{label.shape[0]}; image and label must be the same size")
+    if size is None:
+        return np.ascontiguousarray(rgb), label
+    h, w = size
     frame = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if rgb.shape[:2] != (h, w) else rgb
     label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST) if label.shape[:2] != (h, w) else label
     return np.ascontiguousarray(frame), label
@@ -155,6 +164,8 @@ def evaluate(pipeline: Pipeline, options: DataOptions, models: list[str] | None 
         found[cfg.name] = artifacts(out, cfg.name)
         if not found[cfg.name]:
             raise UserError(f"{cfg.name}: nothing built in {out / cfg.name}; run python -m export build first")
+    if options.tiling is not None:
+        check_tileable(out, list(found), options.tiling)
     threads = pipeline.check.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     result = {
@@ -170,17 +181,22 @@ def evaluate(pipeline: Pipeline, options: DataOptions, models: list[str] | None 
         "models": {},
         "rows": [],
     }
+    if options.tiling is not None:
+        result["settings"]["tiling"] = {**options.tiling.as_dict(), "scored_at": "each image's own size"}
+        result["tiled"] = []
     peak = result["peak"]
     theory = peak["theoretical"]
     if theory.get("gflops"):
         theory["gflops_at_threads"] = theory["gflops"] / theory["cores"] * min(threads, theory["cores"])
     for cfg in selected:
-        info, rows, method = evaluate_model(pipeline, cfg, found[cfg.name], dataset, options, threads, out)
+        info, rows, method, tiled = evaluate_model(pipeline, cfg, found[cfg.name], dataset, options, threads, out)
         for row in (r for r in rows if "skipped" not in r):
             row["speed"]["achieved"] = achieved(info["flops"]["flops"], row["speed"], peak)
         result["models"][cfg.name] = info
         result["rows"] += rows
         result["memory_method"] = method
+        if tiled is not None:
+            result["tiled"] += tiled
     return result
 
 
@@ -207,8 +223,9 @@ def flops_graph(out: Path, cfg: ModelConfig) -> Path:
 
 
 def evaluate_model(pipeline: Pipeline, cfg: ModelConfig, paths: list[Path], dataset, options: DataOptions,
-                   threads: int, out: Path) -> tuple[dict, list[dict], str]:
-    """One model: speed of PyTorch and of each engine, then one pass over the dataset with all of them."""
+                   threads: int, out: Path) -> tuple[dict, list[dict], str, list[dict] | None]:
+    """One model: speed of PyTorch and of each engine, then one pass over the dataset with all of them (and,
+    with a tiling, one more in sliding windows: the last item, else None)."""
     size = tuple(cfg.input.size)
     check_cfg = pipeline.check
     frames = [labelled_frame(dataset, i, size, options.root)[0]
@@ -257,7 +274,8 @@ def evaluate_model(pipeline: Pipeline, cfg: ModelConfig, paths: list[Path], data
             engines.append((row, runner, pre_post))
             log(f"  {row['source']} ({how}): p50 {row['speed']['batch_1']['p50_ms']:.1f} ms")
         score_dataset(cfg, model, engines, rows[0], dataset, options)
-    return info, rows, memory.method
+        tiled = score_tiled(cfg, model, engines, rows[0], dataset, options, check_cfg) if options.tiling else None
+    return info, rows, memory.method, tiled
 
 
 def engine_speed(runner, feeds: list[dict], batch: int, memory: PeakMemory, check_cfg) -> dict:
@@ -336,3 +354,42 @@ def score_dataset(cfg: ModelConfig, model: torch.nn.Module, engines: list, pytor
         row["agreement"] = {**agreement.result(), "num_images": len(dataset)}
     log(f"{cfg.name}: {len(dataset)} images, mIoU " + ", ".join(
         f"{r['source']} {r['accuracy']['miou']:.4f}" for r in [pytorch_row] + [e[0] for e in engines]))
+
+
+def score_tiled(cfg: ModelConfig, model: torch.nn.Module, engines: list, pytorch_row: dict, dataset,
+                options: DataOptions, check_cfg) -> list[dict]:
+    """Whole vs tiled: PyTorch and each engine in sliding windows over every image at its own size, scored
+    against its labels at their own size and (engines) against tiled PyTorch, and timed per frame on the
+    first ``check.num_images`` images. One row per source, beside its whole-image row's mIoU and speed."""
+    tiling, n = options.tiling, cfg.num_classes
+    sources = [(pytorch_row, torch_logits(model))] + [(row, engine_logits(runner)) for row, runner, _ in engines]
+    confs = [np.zeros((n, n), np.int64) for _ in sources]
+    agreements = [Agreement(n, logits=True) for _ in engines]
+    timed = []
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            frame, label = labelled_frame(dataset, i, None, options.root)
+            x = preprocess(frame, frame.shape[:2], cfg.mean, cfg.std)
+            if i < check_cfg.num_images:
+                timed.append(x)
+            logits = [slide(x, infer, tiling) for _, infer in sources]
+            predictions = [out.argmax(1) for out in logits]
+            for k, prediction in enumerate(predictions):
+                confs[k] += label_confusion(prediction[0], label, n)
+            for k, agreement in enumerate(agreements):
+                agreement.add(logits[k + 1], predictions[k + 1], logits[0], predictions[0])
+        speeds = [latency_summary(timed_calls(lambda x, f=infer: slide(x, f, tiling), timed, check_cfg.warmup,
+                                              check_cfg.iterations), 1) for _, infer in sources]
+    base = mean_iou(confs[0])
+    rows = []
+    for k, ((whole, _), conf, speed) in enumerate(zip(sources, confs, speeds)):
+        accuracy = {**label_scores(conf), "confusion": conf.tolist()}
+        rows.append({"model": cfg.name, "source": whole["source"], "mode": "tiled", "tiling": tiling.as_dict(),
+                     "artifact": whole["artifact"], "accuracy": accuracy,
+                     "delta_miou_points": 100 * (accuracy["miou"] - base),
+                     "agreement": None if k == 0 else {**agreements[k - 1].result(), "num_images": len(dataset)},
+                     "speed": {"batch_1": speed},
+                     "whole": {"miou": whole["accuracy"]["miou"], "p50_ms": whole["speed"]["batch_1"]["p50_ms"]}})
+    log(f"{cfg.name} tiled ({tiling.describe()}): mIoU " + ", ".join(
+        f"{r['source']} {r['accuracy']['miou']:.4f} (whole {r['whole']['miou']:.4f})" for r in rows))
+    return rows

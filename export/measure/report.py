@@ -44,13 +44,49 @@ def table(result: dict) -> list[list[str]]:
 
 
 def render_text(result: dict) -> str:
-    body = table(result)
-    widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
-    fmt = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths))  # noqa: E731
     n = result["settings"]["batch"]
     note = (f"{result['dataset']['num_images']} images; fps bN: batch {n}, 'seq' = {n} frames submitted back to back "
             "(the engine takes batch 1); dmIoU: engine - PyTorch, in points")
-    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body] + [note])
+    lines = [_text_table(COLUMNS, table(result)), note]
+    if result.get("tiled"):
+        lines += ["", _text_table(TILED_COLUMNS, tiled_table(result))]
+    return "\n".join(lines)
+
+
+def _text_table(columns: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(columns)]
+    fmt = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(line) for line in body])
+
+
+# Whole vs tiled (check --data --tile) ---------------------------------------------------------------------
+TILED_COLUMNS = ["model", "source", "tile", "stride", "whole mIoU", "tiled mIoU", "tiled - whole pts", "tiled agree",
+                 "whole ms", "tiled ms/frame"]
+
+
+def tiled_table(result: dict) -> list[list[str]]:
+    """One line per source: its whole-image mIoU and p50 beside the tiled ones (agreement: against tiled PyTorch)."""
+    lines = []
+    for r in result.get("tiled", []):
+        t, s, agree = r["tiling"]["tile"], r["tiling"]["stride"], r["agreement"]
+        lines.append([r["model"], r["source"], f"{t[0]}x{t[1]}", f"{s[0]}x{s[1]}", f"{r['whole']['miou']:.4f}",
+                      f"{r['accuracy']['miou']:.4f}", f"{100 * (r['accuracy']['miou'] - r['whole']['miou']):+.2f}",
+                      _fmt(agree and agree["pixel_agreement"], ".4f", "-"), f"{r['whole']['p50_ms']:.1f}",
+                      f"{r['speed']['batch_1']['p50_ms']:.1f}"])
+    return lines
+
+
+def _tiled_lines(result: dict) -> list[str]:
+    if not result.get("tiled"):
+        return []
+    lines = ["## Whole vs tiled", "",
+             "Whole: each image resized to the model's input size, scored there. Tiled: each image at its own size "
+             "in sliding windows (logits averaged where tiles overlap; images smaller than a tile padded to it), "
+             "scored against its labels at their own size; PyTorch tiled the same way. ms: p50 per frame at "
+             "batch 1, all its tiles; agreement: against tiled PyTorch.", "",
+             "| " + " | ".join(TILED_COLUMNS) + " |", "|" + "---|" * len(TILED_COLUMNS)]
+    lines += ["| " + " | ".join(line) + " |" for line in tiled_table(result)]
+    return lines + [""]
 
 
 # Files --------------------------------------------------------------------------------------------------
@@ -77,7 +113,7 @@ def render_markdown(result: dict) -> str:
     lines = _header_lines(result)
     for name, info in result["models"].items():
         lines += _model_lines(result, name, info)
-    return "\n".join(lines + _how_lines(result))
+    return "\n".join(lines + _tiled_lines(result) + _how_lines(result))
 
 
 def _header_lines(result: dict) -> list[str]:

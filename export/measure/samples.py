@@ -24,6 +24,7 @@ class Samples:
     frames: list[np.ndarray]  # (1, H, W, 3) uint8 RGB at the model's input size
     tensors: list[np.ndarray]  # (1, 3, H, W) float32, normalized
     references: list[np.ndarray] | None = None
+    originals: list[np.ndarray] | None = None  # (H, W, 3) uint8 RGB at their own size, before resizing (tiling)
 
     def feeds(self, pre_post: bool) -> list[dict[str, np.ndarray]]:
         return [{"frames": f} for f in self.frames] if pre_post else [{"images": t} for t in self.tensors]
@@ -39,7 +40,7 @@ def sample_inputs(pipeline: Pipeline, cfg: ModelConfig, count: int, model: torch
     else:
         images = [render_scene(CHECK_SEED + i)[0] for i in range(count)]  # resized below, like camera frames
     frames = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)[None] for img in images]
-    samples = Samples(frames, [preprocess(f[0], (h, w), cfg.mean, cfg.std) for f in frames])
+    samples = Samples(frames, [preprocess(f[0], (h, w), cfg.mean, cfg.std) for f in frames], originals=images)
     if model is not None:
         with torch.no_grad():
             samples.references = [model(torch.from_numpy(x)).numpy() for x in samples.tensors]
