@@ -73,3 +73,15 @@ def test_every_backend_and_precision_the_config_accepts_has_its_handler():
 
     assert set(BACKENDS) == set(BUILDERS) == set(artifacts.TARGETS)
     assert set(PRECISIONS) == set(HANDLERS) == set(artifacts.PRECISIONS)
+
+
+CNN_FAMILIES = {"sliding_window", "fcn", "segnet", "unet", "deeplabv1", "pspnet", "refinenet", "icnet", "bisenetv1"}
+
+
+def test_cnn_example_pipeline_builds_every_cnn_family():
+    """pipelines/cnn.yaml (README, Architectures) names every CNN family and loads with its paths relative
+    to itself."""
+    p = load_pipeline(ROOT / "pipelines" / "cnn.yaml")
+    assert {MODELS[m.name].family for m in p.models} == CNN_FAMILIES
+    assert p.resolve(p.calibration.images).resolve() == ROOT / "samples"
+    assert p.resolve(p.out_dir).resolve() == ROOT / "build" / "cnn"

@@ -45,3 +45,38 @@ def test_make_run_is_the_live_camera_one_liner():
     assert "make run SOURCE=0" in README
     result = subprocess.run(["make", "-n", "run", "SOURCE=0"], cwd=ROOT, capture_output=True, text=True)
     assert "-m runtime --engine bisenetv2 --source '0'" in result.stdout
+
+
+def architecture_rows() -> list[tuple[str, list[str], list[str]]]:
+    """(first cell, model names, "ours" parameter counts) of each row of the README's architecture table."""
+    section = README.split("## Architectures", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.append((cells[0], re.findall(r"`([a-z0-9_]+)`", cells[0]), re.findall(r"[\d.]+M", cells[1])))
+    return rows
+
+
+def test_architecture_table_lists_every_registered_model_with_its_count():
+    """Every registered name in a row (``a`` … ``b`` covers the family's variants from a to b), each count
+    as `python -m export list` prints it (19 classes, training-only heads excluded)."""
+    import torch
+
+    from models import MODELS, count_parameters, create_model
+
+    listed: dict[str, str | None] = {}
+    for cell, names, counts in architecture_rows():
+        if "…" in cell:  # a family range: the first and last variants' counts are given
+            family = sorted(n for n in MODELS if MODELS[n].family == MODELS[names[0]].family)
+            listed.update(dict.fromkeys(family))
+            listed.update({family[0]: counts[0], family[-1]: counts[-1]})
+        else:
+            assert len(counts) == len(names), cell
+            listed.update(zip(names, counts))
+    assert set(listed) == set(MODELS)
+    for name, documented in listed.items():
+        if documented is not None:
+            with torch.device("meta"):
+                n = count_parameters(create_model(name, num_classes=19))
+            assert documented == f"{n / 1e6:.2f}M", name
