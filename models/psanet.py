@@ -1,0 +1,101 @@
+"""PSANet (Zhao et al., "PSANet: Point-wise Spatial Attention Network for Scene Parsing", ECCV 2018).
+
+The shared dilated ResNet with a deep stem (models/backbones/resnet.py, output stride 8) followed by the
+bi-directional point-wise spatial attention head, arranged as mmsegmentation's ``PSAHead``
+(``psa_type='bi-direction'``, ``compact=False``, ``shrink_factor=2``, ``psa_softmax=True``):
+
+- two branches, collect and distribute, each: 1x1 reduce (2048 -> 512), bilinear shrink to half the feature
+  size, an attention conv (1x1 conv-BN-ReLU, then 1x1 to ``mask_h * mask_w`` channels: one weight per cell of
+  the window around each position), the PSA mask (the ``psa_mask`` custom op places each window into the
+  H x W map; distribute transposes it), a softmax over all H*W positions (the zeros outside the window
+  included, as mmseg), and the aggregation ``value (C, HW) @ attention (HW, HW)``;
+- the two results concatenated, projected back to the input width, resized to the feature size, fused with
+  the feature by a 3x3 bottleneck, classified.
+
+The window (``mask_size``) fixes the attention conv's output channels, so it is a build-time constant; the
+paper's over-completed map is (2H-1) x (2W-1) of the (shrunk) feature. mmseg's Cityscapes configs use
+(97, 97), over-complete for its 769x769 crops (49x49 after shrinking). The op is valid at every size: at
+larger inputs the window is local, at smaller ones it is clipped at the borders. Auxiliary FCN head on
+stage 3, training only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.resnet import DEPTHS, ResNet
+from .base import ConvNormAct, SegmentationModel
+from .heads.fcn import FCNHead
+from .ops.psa_mask import psa_mask
+from .registry import register_model
+
+
+class PointwiseSpatialAttention(nn.Module):
+    """One PSA branch: reduce, shrink, predict each position's window of weights, place it (collect or
+    distribute), softmax over positions, aggregate. (B, C_in, H, W) -> (B, channels, H // 2, W // 2)."""
+
+    def __init__(self, in_channels: int, channels: int, mask_size: tuple[int, int], distribute: bool,
+                 shrink_factor: int = 2, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.mask_size, self.distribute, self.shrink_factor = tuple(mask_size), int(distribute), shrink_factor
+        self.reduce = ConvNormAct(in_channels, channels, 1, norm_layer=norm_layer)
+        self.attention = nn.Sequential(ConvNormAct(channels, channels, 1, norm_layer=norm_layer),
+                                       nn.Conv2d(channels, mask_size[0] * mask_size[1], 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value = self.reduce(x)  # (B, C, H, W)
+        # mmseg shrinks to floor(H / 2) with align_corners=False, except when H and W are both odd; one rule
+        # here (mmseg's for every size with an even side), since a dynamic graph cannot branch on parity.
+        h, w = value.shape[-2] // self.shrink_factor, value.shape[-1] // self.shrink_factor
+        value = F.interpolate(value, size=(h, w), mode="bilinear", align_corners=False)  # (B, C, h, w)
+        logits = psa_mask(self.attention(value), *self.mask_size, self.distribute)  # (B, hw, h, w)
+        attention = torch.softmax(logits, dim=1).flatten(2)  # (B, hw_source, hw_target)
+        out = torch.bmm(value.flatten(2), attention)  # (B, C, hw)
+        return out.view_as(value)
+
+
+class PSAHead(nn.Module):
+    """Bi-directional PSA head: collect and distribute branches, concatenated, projected, fused with the
+    input by a 3x3 bottleneck, classified. Reads the last backbone feature; logits at stride 8."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512,
+                 mask_size: tuple[int, int] = (97, 97), dropout: float = 0.1,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.collect = PointwiseSpatialAttention(in_channels, channels, mask_size, False, norm_layer=norm_layer)
+        self.distribute = PointwiseSpatialAttention(in_channels, channels, mask_size, True, norm_layer=norm_layer)
+        # padding=1 on a 1x1 conv, as mmseg's PSAHead: the map grows by one pixel a side before it is resized
+        # to the feature size, which its checkpoints were trained with.
+        self.project = nn.Sequential(nn.Conv2d(2 * channels, in_channels, 1, padding=1, bias=False),
+                                     norm_layer(in_channels), nn.ReLU(inplace=True))
+        self.bottleneck = ConvNormAct(2 * in_channels, channels, 3, norm_layer=norm_layer)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]  # (B, C_in, H/8, W/8)
+        out = self.project(torch.cat([self.collect(x), self.distribute(x)], dim=1))  # (B, C_in, h + 2, w + 2)
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.bottleneck(torch.cat([x, out], dim=1))  # (B, channels, H/8, W/8)
+        return self.classifier(self.dropout(out))
+
+
+def _psanet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
+            mask_size: tuple[int, int] = (97, 97), base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
+    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+    head = PSAHead(backbone.out_channels[-1], num_classes, head_channels, mask_size)
+    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
+    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+
+
+# Numerical tests: a quarter of the widths, and a 7 x 7 window: over-complete for the 4 x 4 attention map of a
+# 64 x 64 input, clipped (local) on the 4 x 6 map of a 64 x 96 one.
+_NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128, "mask_size": (7, 7)}
+
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",))
+def psanet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSANet, ResNet-50 backbone (output stride 8), bi-directional PSA head with mmseg's Cityscapes 97 x 97
+    window."""
+    return _psanet(DEPTHS[50], num_classes, **kwargs)
