@@ -1,0 +1,112 @@
+"""DANet (Fu, Liu, Tian, Li, Bao, Fang & Lu, "Dual Attention Network for Scene Segmentation", CVPR 2019,
+https://arxiv.org/abs/1809.02983) on the shared dilated ResNet-50 with the deep stem (output stride 8), in
+mmsegmentation's DAHead arrangement: two parallel branches on the backbone feature, each a 3x3
+conv-BN-ReLU reduction to 512 channels, an attention module and a 3x3 conv-BN-ReLU; their sum, dropout,
+1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported).
+
+- Position attention module (PAM): query and key 1x1 convs to C/8, value 1x1 conv to C,
+  ``out_i = gamma * sum_j softmax_j(q_i . k_j) v_j + x_i`` (no scaling of the logits), ``gamma`` learned
+  from 0.
+- Channel attention module (CAM): no projections; ``energy = X X^T`` over the HW positions (C x C),
+  attention ``softmax(max_k energy_ik - energy_ij)`` over j, ``out = gamma * attention X + x``, ``gamma``
+  learned from 0. The max-minus form is mmsegmentation's (DAHead's CAM); since softmax is
+  shift-invariant it equals ``softmax(-energy)``, the form computed here: one exact Neg instead of a
+  ReduceMax and a Sub of two large FP16 numbers. FP16: the logits are sums over all HW positions of
+  products of non-negative (post-ReLU) features and grow with the image (measured with random weights,
+  512 channels: up to 4.2e3 on a 64x128 map, 1.7e4 on 128x256, i.e. a 1024x2048 Cityscapes frame). The
+  softmax stays FP32 (export/compile/precision.py), the energy MatMul does not until the build's
+  ``fp16_guard`` sees it above half of FP16's range; at 1.7e4 the FP16 logits' relative L2 error was
+  2.7e-3 against FP32.
+
+Deviation: mmsegmentation's DAHead also classifies each branch on its own
+(``pam_out``, ``cam_out``), two training-only outputs of the head's inner features; the deployed output is
+the sum branch, which is all this head computes (those two 1x1 classifiers would be trained as auxiliary
+heads of the head, which ``SegmentationModel.aux_heads`` on backbone features cannot express). No parameter
+count for this model is published (none was found; mmsegmentation's model zoo lists memory, speed and
+mIoU only).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones.resnet import DEPTHS, ResNet
+from .base import ConvNormAct, SegmentationModel
+from .heads.fcn import FCNHead
+from .registry import register_model
+
+
+class PositionAttention(nn.Module):
+    """PAM: every position a weighted sum of the values at all positions, weights from query . key."""
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(channels, channels // reduction, 1)
+        self.key = nn.Conv2d(channels, channels // reduction, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
+        k = self.key(x).flatten(2)  # (B, C/8, HW)
+        v = self.value(x).flatten(2)  # (B, C, HW)
+        attention = torch.softmax(torch.matmul(q, k), dim=-1)  # (B, HW, HW): row i sums to 1 over j
+        out = torch.matmul(v, attention.transpose(1, 2))  # (B, C, HW)
+        return self.gamma * out.reshape(x.shape) + x
+
+
+class ChannelAttention(nn.Module):
+    """CAM: every channel a weighted sum of all channels, weights from the channels' Gram matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(2)  # (B, C, HW)
+        energy = torch.matmul(f, f.transpose(1, 2))  # (B, C, C)
+        # mmsegmentation's softmax(max - energy) is softmax(-energy): the shift cancels in the softmax.
+        attention = torch.softmax(-energy, dim=-1)  # (B, C, C): row i sums to 1 over j
+        out = torch.matmul(attention, f)  # (B, C, HW)
+        return self.gamma * out.reshape(x.shape) + x
+
+
+class DAHead(nn.Module):
+    """Position and channel attention branches on one map, summed and classified; logits at the input
+    feature's stride (8)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, dropout: float = 0.1,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.pam_in = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
+        self.pam = PositionAttention(channels)
+        self.pam_out = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
+        self.cam_in = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
+        self.cam = ChannelAttention()
+        self.cam_out = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]  # (B, C_in, H/8, W/8)
+        pam = self.pam_out(self.pam(self.pam_in(x)))  # (B, channels, H/8, W/8)
+        cam = self.cam_out(self.cam(self.cam_in(x)))  # (B, channels, H/8, W/8)
+        return self.classifier(self.dropout(pam + cam))
+
+
+def _danet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
+           base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
+    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+    head = DAHead(backbone.out_channels[-1], num_classes, head_channels)  # PAM query/key 64 on 512
+    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
+    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+
+
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+_NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
+
+
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW)
+def danet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
+    """DANet, dilated ResNet-50 (output stride 8), position and channel attention head."""
+    return _danet(DEPTHS[50], num_classes, **kwargs)

@@ -1,0 +1,86 @@
+"""GCNet (Cao, Xu, Lin, Wei & Hu, "GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond",
+ICCV Workshops 2019, https://arxiv.org/abs/1904.11492; full version "Global Context Networks", TPAMI 2020,
+https://arxiv.org/abs/2012.13375) as a segmentation head on the shared dilated ResNet-50 with the deep stem
+(output stride 8), in mmsegmentation's GCHead arrangement: 3x3 conv-BN-ReLU reduction to 512 channels, one
+global context block, 3x3 conv-BN-ReLU, concatenation with the backbone feature, 3x3 fusion conv-BN-ReLU,
+dropout, 1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported).
+
+The global context block is the paper's: context modelling by attention pooling (a 1x1 conv to one channel,
+softmax over all HW positions, the weighted sum of the features: one context vector per image, the same for
+every query, which is the paper's simplification of the non-local block), a bottleneck transform 1x1 conv
+(ratio 1/4) -> LayerNorm -> ReLU -> 1x1 conv, and fusion by broadcast addition. The LayerNorm normalises the
+(C/4, 1, 1) context vector over all three axes as mmcv's ContextBlock; it exports as one opset-17
+``LayerNormalization`` (axis -3), which TensorRT 10.3 and 11.1 import. mmcv zero-initialises the
+last transform conv so that the block starts as the identity; that is a training recipe and is left to
+training. No parameter count for this segmentation model is published (mmsegmentation's model zoo lists
+memory, speed and mIoU only).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones.resnet import DEPTHS, ResNet
+from .base import ConvNormAct, SegmentationModel
+from .heads.fcn import FCNHead
+from .registry import register_model
+
+
+class GlobalContextBlock(nn.Module):
+    """Attention pooling to one context vector, bottleneck transform, add to every position."""
+
+    def __init__(self, channels: int, ratio: float = 1 / 4) -> None:
+        super().__init__()
+        planes = int(channels * ratio)
+        self.mask = nn.Conv2d(channels, 1, 1)
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, planes, 1),
+            nn.LayerNorm([planes, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.mask(x).flatten(2), dim=-1)  # (B, 1, HW)
+        context = torch.matmul(x.flatten(2), weights.transpose(1, 2))  # (B, C, 1)
+        context = context.unsqueeze(-1)  # (B, C, 1, 1)
+        return x + self.transform(context)  # (B, C, H, W)
+
+
+class GCHead(nn.Module):
+    """reduce -> global context block -> project -> concat with the input -> fuse -> classify; logits at
+    the input feature's stride (8)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, ratio: float = 1 / 4,
+                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.reduce = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
+        self.context = GlobalContextBlock(channels, ratio)
+        self.project = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
+        self.fuse = ConvNormAct(in_channels + channels, channels, 3, norm_layer=norm_layer)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]  # (B, C_in, H/8, W/8)
+        out = self.project(self.context(self.reduce(x)))  # (B, channels, H/8, W/8)
+        out = self.fuse(torch.cat([x, out], dim=1))  # (B, channels, H/8, W/8)
+        return self.classifier(self.dropout(out))
+
+
+def _gcnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
+           base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
+    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+    head = GCHead(backbone.out_channels[-1], num_classes, head_channels)
+    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
+    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+
+
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+_NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
+
+
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW)
+def gcnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
+    """GCNet, dilated ResNet-50 (output stride 8), global context head (attention pooling, add fusion)."""
+    return _gcnet(DEPTHS[50], num_classes, **kwargs)
