@@ -234,3 +234,23 @@ def test_clean_graph_passes(version):
     model = _clean_model()
     onnx.checker.check_model(model, full_check=True)
     assert check_tensorrt_compat(model, version) == []
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_gridsample_mode_spelling_per_opset(version):
+    """TensorRT's importer reads GridSample's opset 16-19 spellings (nearest, bilinear, bicubic) and samples
+    with nearest on any other: opset 20's linear/cubic (linear is its default) must be flagged."""
+    def sample(opset, **attrs):
+        node = helper.make_node("GridSample", ["v", "grid"], ["s"], "sample", **attrs)
+        return _model([node], [_vi("v", [1, 1, 4, 4]), _vi("grid", [1, 2, 2, 2])], [_vi("s", [1, 1, 2, 2])],
+                      opset=opset)
+
+    assert check_tensorrt_compat(sample(18, mode="bilinear"), version) == []
+    assert check_tensorrt_compat(sample(18), version) == []  # default bilinear before opset 20
+    assert check_tensorrt_compat(sample(20, mode="nearest"), version) == []
+    (rule,) = _rules(check_tensorrt_compat(sample(20, mode="linear"), version), "sample")
+    assert "mode='linear'" in rule and "spelling of 'bilinear'" in rule and "nearest" in rule
+    (rule,) = _rules(check_tensorrt_compat(sample(20), version), "sample")
+    assert "mode='linear' (the default at opset 20)" in rule
+    (rule,) = _rules(check_tensorrt_compat(sample(20, mode="cubic"), version), "sample")
+    assert "spelling of 'bicubic'" in rule

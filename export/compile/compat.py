@@ -263,6 +263,7 @@ class _Context:
     functions: Mapping[tuple[str, str], onnx.FunctionProto]
     plugins: frozenset[str]
     version: str
+    opset: int = 0  # the model's default-domain opset (attribute spellings changed between opsets)
 
     @classmethod
     def of(cls, model: onnx.ModelProto, table: TensorRTTable) -> _Context:
@@ -270,7 +271,8 @@ class _Context:
         for fn in model.functions:
             used.update(_used_tensor_names(fn.node, list(fn.output)))
         functions = {(fn.domain, fn.name): fn for fn in model.functions}
-        return cls(frozenset(used), functions, frozenset(table.plugins), table.version)
+        opset = max((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), default=0)
+        return cls(frozenset(used), functions, frozenset(table.plugins), table.version, opset)
 
     def inlined_function(self, node: onnx.NodeProto) -> onnx.FunctionProto | None:
         """The local function the parser expands this node into; plugins take priority (10.7 changelog)."""
@@ -448,6 +450,26 @@ def _gridsample_rank(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
     rank = node.input_rank(0)
     if rank is not None and rank != params["input_rank"]:
         yield f"input rank {rank}: TensorRT {node.version} samples {params['input_rank']}-D input only"
+
+
+@_rule("gridsample_mode")
+def _gridsample_mode(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
+    # ONNX opset 20 renamed GridSample's modes bilinear/bicubic to linear/cubic (and made linear the default);
+    # the importer knows only the old spellings and samples with nearest on any other string, silently.
+    renamed_in, renamed = params["renamed_in_opset"], params["renamed"]
+    opset = node.context.opset
+    default = "linear" if opset >= renamed_in else "bilinear"
+    mode = node.attr("mode", default)
+    if mode in params["modes"]:
+        return
+    how = "" if node.has_attr("mode") else f" (the default at opset {opset})"
+    if mode in renamed:
+        yield (f"mode='{mode}'{how}, the opset-{renamed_in} spelling of '{renamed[mode]}': TensorRT "
+               f"{node.version}'s importer reads only {', '.join(params['modes'])} and would sample with nearest; "
+               f"export at opset < {renamed_in} or spell the mode '{renamed[mode]}'")
+    else:
+        yield (f"mode='{mode}'{how} is unknown to TensorRT {node.version}'s importer (it reads "
+               f"{', '.join(params['modes'])}) and would sample with nearest")
 
 
 @_rule("constant_inputs")
