@@ -192,6 +192,15 @@ class VisionTransformer(nn.Module):
                              f"pad or resize the image to a multiple of it")
         x = self.patch_embed(x)  # (B, C, h, w), h = H/p, w = W/p
         b, c, h, w = x.shape
+        # The class token dropped (DPT's "ignore" readout), each sequence back on the grid.
+        return [t[:, self.num_prefix_tokens:].transpose(1, 2).reshape(b, c, h, w)  # (B, C, h, w)
+                for t in self.forward_tokens(x)]
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The token sequences (B, P + hw, C) of the blocks ``out_indices``, prefix (class) token first, from
+        embedded patches ``x`` (B, C, h, w): for heads that read the class token (DPT's "project" readout)
+        and for patch embeddings other than ``patch_embed`` (DPT-Hybrid's ResNet stages)."""
+        b, c, h, w = x.shape
         x = x + self._grid_pos_embed(h, w)  # (B, C, h, w)
         x = x.flatten(2).transpose(1, 2)  # (B, hw, C)
         if self.cls_token is not None:
@@ -202,11 +211,8 @@ class VisionTransformer(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x)  # (B, P + hw, C), P = num_prefix_tokens (the class token or none)
-            if i not in self.out_indices:
-                continue
-            out = self.norm(x) if self.norm is not None and i == last else x
-            out = out[:, self.num_prefix_tokens:]  # (B, hw, C)
-            features.append(out.transpose(1, 2).reshape(b, c, h, w))  # (B, C, h, w)
+            if i in self.out_indices:
+                features.append(self.norm(x) if self.norm is not None and i == last else x)
         return features
 
     def _grid_pos_embed(self, h: int, w: int) -> torch.Tensor:

@@ -1,0 +1,196 @@
+"""DPT, the Dense Prediction Transformer: a ViT encoder read at four depths, reassembled into an image-like
+pyramid and fused by a convolutional decoder.
+
+Ranftl, Bochkovskiy, Koltun. "Vision Transformers for Dense Prediction." ICCV 2021.
+https://arxiv.org/abs/2103.13413 (reference code: https://github.com/isl-org/DPT)
+
+- Encoder: the shared ViT (models/backbones/vit.py), raw block outputs (no final norm) of blocks 3, 6, 9 and 12
+  (``out_indices`` 2, 5, 8, 11) for ViT-B/16. DPT-Hybrid embeds patches with ResNet-50 stages instead (a 1x1
+  projection of the stride-16 stage), runs the 12 ViT-B blocks on them and reads blocks 9 and 12; its two finest
+  levels are the ResNet's stride-4 and stride-8 stages, unchanged (Section 3, "Hybrid"; models/_wip_dpt_hybrid.py,
+  not registered yet).
+- Reassemble (Section 3, Eq. 2-5): Read, the class ("readout") token handled by "project" (concatenated to every
+  patch token, Linear 2D -> D + GELU), the paper's best in its ablation and what both the reference code and
+  mmsegmentation's DPT config use; Concatenate, tokens back to the (h, w) grid; Resample, a 1x1 conv to the
+  level's width and a transposed conv (x4, x2), nothing, or a 3x3 stride-2 conv, to strides 4, 8, 16 and 32.
+- Fusion (Fig. 1, right): from the coarsest level, a residual conv unit on the skip, addition, a second unit,
+  x2 bilinear upsampling (align_corners=True, as the reference) and a 1x1 conv; each level first projected to
+  ``features`` (256) channels by a bias-free 3x3 conv. BatchNorm in the units, as the segmentation models.
+- Head: 3x3 conv-BN-ReLU, dropout 0.1, 1x1 classifier, x2 bilinear upsampling: logits at the input size.
+
+Parameter names are our own; the reference's map one to one (``pretrained.act_postprocess{i}`` ->
+``head.reassemble.{i-1}``, ``scratch.layer{i}_rn`` -> ``head.project.{i-1}``, ``scratch.refinenet{i}`` ->
+``head.fusion.{i-1}``, ``scratch.output_conv`` -> ``head.classifier``). The coarsest fusion block keeps its
+unused first residual unit, as the reference does, so its checkpoints load strictly; the reference's auxiliary
+head (``auxlayer``, unused by its forward) is left out. DPT-Hybrid's ResNet uses weight-standardised convs
+(timm's ``StdConv2dSame``); at inference that is a fixed reparametrisation of each weight, applied once when a
+checkpoint is converted, so the graph has plain convs.
+
+Deployment notes: only Conv, ConvTranspose, MatMul, LayerNormalization, Softmax, GELU's Erf, Resize (linear) and
+shape arithmetic, all at dynamic H/W (multiples of 32: the stride-2 conv and the x2 upsampling must meet the
+stride-16 grid exactly).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.vit import VisionTransformer
+from .base import ConvNormAct, SegmentationModel, init_conv_bn
+from .registry import register_model
+
+READOUTS = ("ignore", "project")
+
+
+class ProjectReadout(nn.Module):
+    """The "project" readout: every patch token concatenated with the class token, Linear 2D -> D, GELU."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, 1:]  # (B, hw, D)
+        readout = tokens[:, :1].expand_as(patches)  # (B, hw, D)
+        return self.project(torch.cat([patches, readout], dim=-1))  # (B, hw, D)
+
+
+class ReadoutViT(nn.Module):
+    """A ViT whose block outputs are returned as maps (B, D, H/p, W/p) after the readout step: "project", or
+    "ignore" (the class token dropped, as the ViT backbone itself returns them)."""
+
+    def __init__(self, vit: VisionTransformer, readout: str = "project") -> None:
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"readout '{readout}': expected one of {', '.join(READOUTS)}")
+        if readout == "project" and vit.num_prefix_tokens != 1:
+            raise ValueError("readout 'project' reads the class token; build the ViT with class_token=True")
+        self.vit = vit
+        dim = vit.out_channels[0]
+        self.readout = nn.ModuleList(ProjectReadout(dim) for _ in vit.out_indices) if readout == "project" else None
+        self.out_channels = list(vit.out_channels)
+        self.strides = list(vit.strides)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.read(self.vit.patch_embed(x))
+
+    def read(self, embedded: torch.Tensor) -> list[torch.Tensor]:
+        """The readout maps from embedded patches (B, D, h, w)."""
+        b, d, h, w = embedded.shape
+        maps = []
+        for i, tokens in enumerate(self.vit.forward_tokens(embedded)):  # (B, 1 + hw, D)
+            tokens = self.readout[i](tokens) if self.readout is not None else tokens[:, self.vit.num_prefix_tokens:]
+            maps.append(tokens.transpose(1, 2).reshape(b, d, h, w))  # (B, D, h, w)
+        return maps
+
+
+class ResidualConvUnit(nn.Module):
+    """ReLU -> 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, plus the input (pre-activation, as RefineNet's)."""
+
+    def __init__(self, channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(channels, channels, 3, norm_layer=norm_layer, act_layer=None)
+        self.conv2 = ConvNormAct(channels, channels, 3, norm_layer=norm_layer, act_layer=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FusionBlock(nn.Module):
+    """Adds the residual-unit-refined skip to the coarser path, refines, upsamples x2 and projects (1x1)."""
+
+    def __init__(self, channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.skip_unit = ResidualConvUnit(channels, norm_layer)
+        self.unit = ResidualConvUnit(channels, norm_layer)
+        self.out_conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            x = x + self.skip_unit(skip)  # (B, F, h, w)
+        x = self.unit(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)  # (B, F, 2h, 2w)
+        return self.out_conv(x)
+
+
+def _resample(channels: int, factor: int) -> nn.Module:
+    """The Resample step to a level ``factor`` times finer (> 1) or coarser (< 1) than the token grid: transposed
+    conv with kernel = stride for x4 and x2, nothing for x1, a 3x3 stride-2 conv for x1/2."""
+    if factor > 1:
+        return nn.ConvTranspose2d(channels, channels, int(factor), int(factor))
+    if factor == 1:
+        return nn.Identity()
+    if factor == 0.5:
+        return nn.Conv2d(channels, channels, 3, 2, 1)
+    raise ValueError(f"resampling by {factor}: expected 4, 2, 1 or 0.5")
+
+
+class DPTHead(nn.Module):
+    """Reassemble (Concatenate's 1x1 conv and Resample) -> project to ``features`` -> fusion -> head.
+
+    ``reassemble_channels[i]`` is the width level i is reassembled to, or None for a level that is already an
+    image-like map at its target stride (DPT-Hybrid's ResNet stages), which passes unchanged. Returns logits at
+    the input size (the head's final x2 upsampling from the finest fused level, at stride 2)."""
+
+    output_stride = 1
+    LEVEL_STRIDES = (4, 8, 16, 32)
+
+    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int],
+                 reassemble_channels: Sequence[int | None], num_classes: int, features: int = 256,
+                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.reassemble = nn.ModuleList()
+        widths = []
+        for c, s, r, target in zip(in_channels, in_strides, reassemble_channels, self.LEVEL_STRIDES):
+            if r is None:
+                if s != target:
+                    raise ValueError(f"a level passed unchanged must be at its stride {target}; got stride {s}")
+                self.reassemble.append(nn.Identity())
+                widths.append(c)
+            else:
+                self.reassemble.append(nn.Sequential(nn.Conv2d(c, r, 1), _resample(r, s / target)))
+                widths.append(r)
+        self.project = nn.ModuleList(nn.Conv2d(w, features, 3, padding=1, bias=False) for w in widths)
+        self.fusion = nn.ModuleList(FusionBlock(features, norm_layer) for _ in widths)
+        self.classifier = nn.Sequential(
+            ConvNormAct(features, features, 3, norm_layer=norm_layer),
+            nn.Dropout(dropout),
+            nn.Conv2d(features, num_classes, 1),
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        levels = [p(r(x)) for x, r, p in zip(features, self.reassemble, self.project)]  # (B, F, H/s_i, W/s_i)
+        x = self.fusion[-1](levels[-1])  # (B, F, H/16, W/16)
+        for i in range(len(levels) - 2, -1, -1):
+            x = self.fusion[i](x, levels[i])  # (B, F, H/s_i * 2, W/s_i * 2)
+        x = self.classifier(x)  # (B, K, H/2, W/2)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)  # (B, K, H, W)
+
+
+class DPT(SegmentationModel):
+    """An encoder returning four maps (``ReadoutViT``; DPT-Hybrid's ``HybridViT`` in models/_wip_dpt_hybrid.py) + ``DPTHead``."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, reassemble_channels: Sequence[int | None],
+                 features: int = 256) -> None:
+        head = DPTHead(encoder.out_channels, encoder.strides, reassemble_channels, num_classes, features)
+        head.apply(init_conv_bn)
+        super().__init__(encoder, head, num_classes)
+
+
+# The paper's DPT-Base (ViT-B/16 at 384 x 384, the reference code's "vitb16_384"), reassembled widths 96, 192, 384,
+# 768 as the reference code has them. DPT-Hybrid ("vitb_rn50_384") is in models/_wip_dpt_hybrid.py (not registered).
+
+_SMALL_VIT = dict(embed_dim=64, depth=4, num_heads=2, img_size=64, out_indices=(0, 1, 2, 3))
+
+
+@register_model("dpt", size_divisor=32, output_stride=1,
+                test_kwargs=dict(vit=_SMALL_VIT, reassemble_channels=(16, 32, 48, 64), features=32))
+def dpt_vit_b16(num_classes: int = 19, vit: dict | None = None, readout: str = "project",
+                reassemble_channels: Sequence[int] = (96, 192, 384, 768), features: int = 256) -> nn.Module:
+    """DPT-Base: ViT-B/16 at 384, blocks 3, 6, 9, 12, project readout (111.2M parameters with 150 classes)."""
+    args = dict(embed_dim=768, depth=12, num_heads=12, img_size=384, out_indices=(2, 5, 8, 11), final_norm=False)
+    encoder = ReadoutViT(VisionTransformer(**{**args, **(vit or {}), "final_norm": False}), readout)
+    return DPT(encoder, num_classes, reassemble_channels, features)
