@@ -29,9 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import ConvNormAct, SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .base import ConvNormAct
+from .heads.context import dilated_resnet_model
 from .heads.psp import adaptive_avg_pool
 from .registry import register_model
 
@@ -125,13 +125,11 @@ class ANNHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
-def _ann(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
-         base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    low, high = backbone.out_channels[2], backbone.out_channels[3]
-    head = ANNHead(low, high, num_classes, head_channels, project_channels=head_channels // 2)  # 256 on 512
-    aux = FCNHead(low, num_classes, head_channels // 2)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+def _ann(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512, **backbone) -> nn.Module:
+    def head(channels: list[int]) -> ANNHead:  # AFNB reads stages 3 and 4
+        return ANNHead(channels[2], channels[3], num_classes, head_channels, project_channels=head_channels // 2)
+
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
 # Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).

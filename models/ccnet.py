@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import ConvNormAct, SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .heads.context import ContextHead, dilated_resnet_model
 from .ops.criss_cross import criss_cross_attention
 from .registry import register_model
 
@@ -33,36 +32,14 @@ class CrissCrossAttention(nn.Module):
         return self.gamma * out + x
 
 
-class RCCAHead(nn.Module):
-    """Recurrent criss-cross attention head: reduce, R passes of one shared attention module, fuse with the
-    input, classify. Reads the last backbone feature; logits at stride 8."""
+def _ccnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512, recurrence: int = 2,
+           **backbone) -> nn.Module:
+    """The recurrent criss-cross attention (RCCA) head: one attention module applied ``recurrence`` times with
+    shared weights inside mmseg's reduce / project / fuse arrangement (``ContextHead``); logits at stride 8."""
+    def head(channels: list[int]) -> ContextHead:
+        return ContextHead(channels[-1], num_classes, CrissCrossAttention(head_channels), head_channels, recurrence)
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, recurrence: int = 2,
-                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
-        super().__init__()
-        self.recurrence = recurrence
-        self.reduce = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
-        self.attention = CrissCrossAttention(channels)
-        self.project = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
-        self.fuse = ConvNormAct(in_channels + channels, channels, 3, norm_layer=norm_layer)
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]  # (B, C_in, H/8, W/8)
-        out = self.reduce(x)
-        for _ in range(self.recurrence):
-            out = self.attention(out)
-        out = self.fuse(torch.cat([x, self.project(out)], dim=1))  # (B, channels, H/8, W/8)
-        return self.classifier(self.dropout(out))
-
-
-def _ccnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
-           base_width: int = 64, stem_width: int = 64, recurrence: int = 2) -> SegmentationModel:
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    head = RCCAHead(backbone.out_channels[-1], num_classes, head_channels, recurrence)
-    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
 # Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).

@@ -30,9 +30,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import ConvNormAct, SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .base import ConvNormAct
+from .heads.context import dilated_resnet_model
 from .registry import register_model
 
 
@@ -94,12 +94,11 @@ class DAHead(nn.Module):
         return self.classifier(self.dropout(pam + cam))
 
 
-def _danet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
-           base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    head = DAHead(backbone.out_channels[-1], num_classes, head_channels)  # PAM query/key 64 on 512
-    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+def _danet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512, **backbone) -> nn.Module:
+    def head(channels: list[int]) -> DAHead:
+        return DAHead(channels[-1], num_classes, head_channels)  # PAM query/key 64 on 512
+
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
 # Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import ConvNormAct, SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .heads.context import ContextHead, dilated_resnet_model
 from .registry import register_model
 
 
@@ -47,33 +46,14 @@ class GlobalContextBlock(nn.Module):
         return x + self.transform(context)  # (B, C, H, W)
 
 
-class GCHead(nn.Module):
-    """reduce -> global context block -> project -> concat with the input -> fuse -> classify; logits at
-    the input feature's stride (8)."""
+def _gcnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512, ratio: float = 1 / 4,
+           **backbone) -> nn.Module:
+    """mmseg's GCHead: the global context block inside the reduce / project / fuse arrangement
+    (``ContextHead``); logits at stride 8."""
+    def head(channels: list[int]) -> ContextHead:
+        return ContextHead(channels[-1], num_classes, GlobalContextBlock(head_channels, ratio), head_channels)
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, ratio: float = 1 / 4,
-                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
-        super().__init__()
-        self.reduce = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
-        self.context = GlobalContextBlock(channels, ratio)
-        self.project = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
-        self.fuse = ConvNormAct(in_channels + channels, channels, 3, norm_layer=norm_layer)
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]  # (B, C_in, H/8, W/8)
-        out = self.project(self.context(self.reduce(x)))  # (B, channels, H/8, W/8)
-        out = self.fuse(torch.cat([x, out], dim=1))  # (B, channels, H/8, W/8)
-        return self.classifier(self.dropout(out))
-
-
-def _gcnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
-           base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    head = GCHead(backbone.out_channels[-1], num_classes, head_channels)
-    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
 # Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).

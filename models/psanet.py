@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import ConvNormAct, SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .base import ConvNormAct
+from .heads.context import dilated_resnet_model
 from .ops.psa_mask import psa_mask
 from .registry import register_model
 
@@ -82,11 +82,11 @@ class PSAHead(nn.Module):
 
 
 def _psanet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
-            mask_size: tuple[int, int] = (97, 97), base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    head = PSAHead(backbone.out_channels[-1], num_classes, head_channels, mask_size)
-    aux = FCNHead(backbone.out_channels[2], num_classes, head_channels // 2)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+            mask_size: tuple[int, int] = (97, 97), **backbone) -> nn.Module:
+    def head(channels: list[int]) -> PSAHead:
+        return PSAHead(channels[-1], num_classes, head_channels, mask_size)
+
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
 # Numerical tests: a quarter of the widths, and a 7 x 7 window: over-complete for the 4 x 4 attention map of a

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
-from .base import SegmentationModel
-from .heads.fcn import FCNHead
+from .backbones.resnet import DEPTHS
+from .heads.context import dilated_resnet_model
 from .heads.psp import PSPHead
 from .registry import register_model
 
 
-def _pspnet(depth: int, num_classes: int, base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    backbone = ResNet(DEPTHS[depth], output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    head = PSPHead(backbone.out_channels[-1], num_classes)  # 512 channels per level on 2048
-    aux = FCNHead(backbone.out_channels[2], num_classes, backbone.out_channels[2] // 4)  # 256 on 1024
-    return SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+def _pspnet(depth: int, num_classes: int, **backbone) -> nn.Module:
+    def head(channels: list[int]) -> PSPHead:
+        return PSPHead(channels[-1], num_classes)  # 512 channels per level on 2048
+
+    return dilated_resnet_model(DEPTHS[depth], num_classes, head, 256 * backbone.get("base_width", 64) // 64,
+                                **backbone)  # the auxiliary head: 256 on 1024
 
 
 # Numerical tests: a quarter of the widths; every block kept.

@@ -144,9 +144,9 @@ def silence_attention(model: torch.nn.Module) -> None:
         elif isinstance(getattr(head, "attention", None), NonLocalBlock):  # W_z's BatchNorm scale and shift
             head.attention.conv_out[1].weight.zero_()
             head.attention.conv_out[1].bias.zero_()
-        elif isinstance(getattr(head, "context", None), GlobalContextBlock):  # last transform conv
-            head.context.transform[-1].weight.zero_()
-            head.context.transform[-1].bias.zero_()
+        elif isinstance(getattr(head, "attention", None), GlobalContextBlock):  # last transform conv
+            head.attention.transform[-1].weight.zero_()
+            head.attention.transform[-1].bias.zero_()
         else:  # ANN: both output projections
             for att in (head.fusion.attention, head.context.attention):
                 att.out.weight.zero_()
@@ -187,7 +187,7 @@ def test_full_widths_are_the_published_configurations() -> None:
         assert model.aux_heads[0][0][0].in_channels == 1024 and model.aux_heads[0][0][0].out_channels == 256
     assert nl.head.attention.theta.out_channels == 256 and nl.head.reduce[0].out_channels == 512
     assert da.head.pam.query.out_channels == 64 and da.head.pam.value.out_channels == 512
-    assert gc.head.context.transform[0].out_channels == 128
+    assert gc.head.attention.transform[0].out_channels == 128
     assert ann.head.fusion.attention.key[0].in_channels == 1024  # keys from stage 3
     assert ann.head.fusion.attention.query[0].in_channels == 2048  # queries from stage 4
     assert ann.head.fusion.attention.key[0].out_channels == 256 and ann.head.reduce[0].out_channels == 512

@@ -1,0 +1,55 @@
+"""What the context-attention families (CCNet, Non-local, GCNet, DANet, PSANet, ANN, PSPNet) share, as
+mmsegmentation arranges them on the dilated ResNet:
+
+- ``ContextHead``: a 3x3 conv-BN-ReLU reduction, one context block applied ``recurrence`` times with shared
+  weights (CCNet's R = 2; once for the others), a 3x3 conv-BN-ReLU, concatenation with the backbone feature,
+  a 3x3 fusion conv-BN-ReLU, dropout (0.1) and a 1x1 classifier (mmseg's NLHead, GCHead and RCCAHead are this
+  with their own block).
+- ``dilated_resnet_model``: the dilated ResNet with the deep stem (output stride 8), a head built on its
+  last feature's width, and the FCN head on stage 3 as deep supervision (``aux_heads``, never exported), which
+  is how every ``*_r50-d8`` model of these families is assembled.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..backbones.resnet import ResNet
+from ..base import ConvNormAct, SegmentationModel
+from .fcn import FCNHead
+
+
+class ContextHead(nn.Module):
+    """One map (the last of a feature list) -> logits at its stride. ``block`` maps (B, channels, h, w) to
+    the same shape."""
+
+    def __init__(self, in_channels: int, num_classes: int, block: nn.Module, channels: int = 512,
+                 recurrence: int = 1, dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.recurrence = recurrence
+        self.reduce = ConvNormAct(in_channels, channels, 3, norm_layer=norm_layer)
+        self.attention = block
+        self.project = ConvNormAct(channels, channels, 3, norm_layer=norm_layer)
+        self.fuse = ConvNormAct(in_channels + channels, channels, 3, norm_layer=norm_layer)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]  # (B, C_in, h, w)
+        out = self.reduce(x)  # (B, channels, h, w)
+        for _ in range(self.recurrence):
+            out = self.attention(out)  # (B, channels, h, w)
+        out = self.fuse(torch.cat([x, self.project(out)], dim=1))  # (B, channels, h, w)
+        return self.classifier(self.dropout(out))
+
+
+def dilated_resnet_model(layers: tuple[int, int, int, int], num_classes: int,
+                         head: Callable[[list[int]], nn.Module], aux_channels: int = 256,
+                         base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
+    """ResNet (``layers``, deep stem, output stride 8) -> ``head(backbone.out_channels)``, with the FCN
+    auxiliary head (``aux_channels`` wide) on stage 3."""
+    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+    aux = FCNHead(backbone.out_channels[2], num_classes, aux_channels)  # deep supervision on stage 3
+    return SegmentationModel(backbone, head(backbone.out_channels), num_classes, aux_heads=[aux], aux_indices=[2])
