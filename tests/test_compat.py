@@ -89,14 +89,15 @@ def test_plugin_nodes_pass_in_any_domain_if_the_release_ships_that_version():
     inputs = ["value", "shapes", "start", "loc", "attn"]
     node = helper.make_node("MultiscaleDeformableAttnPlugin_TRT", inputs, ["y"], "msda", domain="trt",
                             plugin_version="2")
-    model = _model([node], [_vi(n, [1]) for n in inputs], [_vi("y", [1])], extra_domains=["trt"])
+    types = [F, TensorProto.INT32, TensorProto.INT32, F, F]  # the plugin's input types (plugin_inputs rule)
+    model = _model([node], [_vi(n, [1], t) for n, t in zip(inputs, types)], [_vi("y", [1])], extra_domains=["trt"])
     assert check_tensorrt_compat(model, NEWEST) == []
     # TensorRT 10.3 ships only version 1 of this plugin (NVIDIA/TensorRT release/10.3 plugin/README.md).
     (violation,) = check_tensorrt_compat(model, OLDEST)
     assert "plugin version '2' is not shipped with TensorRT 10.3" in violation.rule
 
     node_v1 = helper.make_node("MultiscaleDeformableAttnPlugin_TRT", inputs, ["y"], "msda")
-    model = _model([node_v1], [_vi(n, [1]) for n in inputs], [_vi("y", [1])])
+    model = _model([node_v1], [_vi(n, [1], t) for n, t in zip(inputs, types)], [_vi("y", [1])])
     assert check_tensorrt_compat(model, OLDEST) == []
 
 

@@ -11,7 +11,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+import sys
+
 from export.compile.compat import check_tensorrt_compat
+from export.compile.plugins import PLUGIN_DECOMPOSITIONS, runnable_on_onnxruntime
 from export.ops import DOMAIN, EXPORT_OPS, VERSION
 from export.compile.rewrites import REWRITES, TARGETS, apply_rewrites
 from models.ops import CUSTOM_OPS
@@ -26,7 +29,9 @@ def call(fn, name: str, inputs):
 
 
 def single_node_graph(name: str, inputs: list[np.ndarray]) -> onnx.ModelProto:
-    """The op's one seg-domain node, with dynamic batch, H and W, as the exporter emits it."""
+    """The op's one seg-domain node, with dynamic batch, H and W, as the exporter emits it. An op whose
+    tensors are not (N, C, H, W) float maps names their dims in its module (``SYMBOLIC_DIMS``: per input, then
+    the output, a string for a dim that follows the sizes, an int for a fixed one)."""
     op = EXPORT_OPS[name]
     names = [p.name for p in op.schema.inputs]
     out_name = op.schema.outputs[0].name
@@ -36,9 +41,15 @@ def single_node_graph(name: str, inputs: list[np.ndarray]) -> onnx.ModelProto:
 
     reference = call(CUSTOM_OPS[name].reference, name, map(torch.from_numpy, inputs))
     node = helper.make_node(op.onnx_name, names, [out_name], name=name, domain=DOMAIN, **CUSTOM_OPS[name].attributes)
-    graph = helper.make_graph([node], name,
-                              [value(n, x.shape[1], (f"H{k}", f"W{k}")) for k, (n, x) in enumerate(zip(names, inputs))],
-                              [value(out_name, reference.shape[1], ("H", "W"))])
+    dims = getattr(sys.modules[CUSTOM_OPS[name].reference.__module__], "SYMBOLIC_DIMS", None)
+    if dims is None:
+        graph_inputs = [value(n, x.shape[1], (f"H{k}", f"W{k}")) for k, (n, x) in enumerate(zip(names, inputs))]
+        graph_output = value(out_name, reference.shape[1], ("H", "W"))
+    else:
+        graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), d)
+                        for n, x, d in zip(names, inputs, dims)]
+        graph_output = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, dims[len(names)])
+    graph = helper.make_graph([node], name, graph_inputs, [graph_output])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, VERSION)],
                              ir_version=10)
 
@@ -64,19 +75,22 @@ def test_opcheck(name):
     inputs = [torch.from_numpy(x) for x in CUSTOM_OPS[name].sample_inputs(2, 5, 7, np.random.default_rng(0))]
     constants = list(CUSTOM_OPS[name].attributes.values())
     torch.library.opcheck(CUSTOM_OPS[name].op, [*inputs, *constants])
-    torch.library.opcheck(CUSTOM_OPS[name].op, [*(x.clone().requires_grad_() for x in inputs), *constants])
+    torch.library.opcheck(CUSTOM_OPS[name].op,
+                          [*(x.clone().requires_grad_(x.is_floating_point()) for x in inputs), *constants])
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_op_trains_like_its_reference(name):
     op = CUSTOM_OPS[name]
-    inputs = [torch.from_numpy(x).requires_grad_() for x in op.sample_inputs(1, 4, 3, np.random.default_rng(1))]
+    inputs = [torch.from_numpy(x) for x in op.sample_inputs(1, 4, 3, np.random.default_rng(1))]
+    inputs = [x.requires_grad_(x.is_floating_point()) for x in inputs]  # integer inputs (sizes) have no gradient
+    floats = [x for x in inputs if x.is_floating_point()]
     call(op.op, name, inputs).square().sum().backward()
-    grads = [x.grad.clone() for x in inputs]
-    for x in inputs:
+    grads = [x.grad.clone() for x in floats]
+    for x in floats:
         x.grad = None
     call(op.reference, name, inputs).square().sum().backward()
-    for g, x in zip(grads, inputs):  # an input the reference's value does not flow from gets no gradient
+    for g, x in zip(grads, floats):  # an input the reference's value does not flow from gets no gradient
         torch.testing.assert_close(g, torch.zeros_like(x) if x.grad is None else x.grad)
 
 
@@ -98,11 +112,14 @@ def test_lowering_equals_the_reference(name, target):
     assert any(v.domain == DOMAIN for v in check_tensorrt_compat(graph, "10.3")), "an unlowered op must fail"
     lowered, counts = apply_rewrites(graph, target)
     assert counts == {EXPORT_OPS[name].lowerings[target]: 1}
-    assert all(node.domain in ("", "ai.onnx") for node in lowered.graph.node)
+    # Standard ops only, or TensorRT plugins (which the op tables check, and which run here as their
+    # decomposition: export/compile/plugins.py).
+    assert all(node.domain in ("", "ai.onnx") or node.op_type in PLUGIN_DECOMPOSITIONS for node in lowered.graph.node)
     onnx.checker.check_model(lowered)
     for version in ("10.3", "11.1"):
         assert check_tensorrt_compat(lowered, version) == []
-    session = ort.InferenceSession(lowered.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(runnable_on_onnxruntime(lowered).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     for batch, h, w in SIZES:
         inputs = op.sample_inputs(batch, h, w, np.random.default_rng(h * w))

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .plugins import runnable_on_onnxruntime
 from .precision import FP16_KEEP_FP32, TENSORRT_QUANTIZED_OPS, quantized_op_types, to_fp16, to_int8
 from .rewrites import KEEP_FLOAT_KEY, keep_float_nodes
 
@@ -433,7 +434,7 @@ def _run_exposing(model: onnx.ModelProto, batches: Iterable[np.ndarray],
     listed as a graph output, typed or not, so the graph is copied with those names appended as outputs."""
     import onnxruntime as ort
 
-    exposed = copy.deepcopy(model)
+    exposed = copy.deepcopy(runnable_on_onnxruntime(model))  # TensorRT plugin nodes as their decomposition
     initializers = {i.name for i in exposed.graph.initializer}
     feeds = [i.name for i in exposed.graph.input if i.name not in initializers]
     if len(feeds) != 1:

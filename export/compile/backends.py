@@ -135,7 +135,14 @@ class TensorRTGraph(TensorRTBackend):
         return "graph"
 
     def compile(self, ctx, graph, precision):
-        parity = ctx.parity(lambda: ort_engine.OnnxRuntimeRunner(graph, ctx.pipeline.onnxruntime.threads,
+        # A TensorRT plugin node cannot run in ONNX Runtime: it is measured as its decomposition (the plugin's
+        # own kernel is not run here; export/compile/plugins.py).
+        import onnx
+
+        from .plugins import runnable_on_onnxruntime
+
+        runnable = runnable_on_onnxruntime(onnx.load_from_string(graph)).SerializeToString()
+        parity = ctx.parity(lambda: ort_engine.OnnxRuntimeRunner(runnable, ctx.pipeline.onnxruntime.threads,
                                                                  simulate_qdq=True))
         parity["measured_with"] = (f"onnxruntime {ort_engine.VERSION} (CPU), same graph TensorRT compiles"
                                    + (", Q/DQ simulated in FP32" if precision == "int8" else ""))

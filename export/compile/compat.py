@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,10 @@ def _check_node(node: _Node, table: TensorRTTable) -> Iterator[Violation]:
             yield violation(
                 f"plugin version '{version}' is not shipped with TensorRT {table.version} "
                 f"(versions: {', '.join(table.plugins[op])}); set the plugin_version attribute", PLUGIN_SOURCE)
+        for rule_id, params in table.checks.items():  # plugin checks (plugin_inputs) name the plugin as the op
+            if op in _ops_of(params):
+                for text in _RULES[rule_id](node, params):
+                    yield violation(text, params.get("source", PLUGIN_SOURCE))
     elif domain not in _DEFAULT_DOMAINS:
         yield violation(
             f"custom op with no lowering: add a rewrite in export/ or a TensorRT plugin "
@@ -149,6 +153,7 @@ class _Scope:
     constant_nodes: Mapping[str, onnx.NodeProto]
     identities: Mapping[str, str]
     ranks: Mapping[str, int]
+    types: Mapping[str, int] = field(default_factory=dict)  # element types (onnx.TensorProto) where known
 
     @classmethod
     def of(cls, graph: onnx.GraphProto | onnx.FunctionProto, outer: _Scope | None = None) -> _Scope:
@@ -160,16 +165,23 @@ class _Scope:
         identities = {n.output[0]: n.input[0] for n in graph.node
                       if n.op_type == "Identity" and n.domain in _DEFAULT_DOMAINS and n.input and n.output}
         ranks = {name: len(t.dims) for name, t in initializers.items()}
+        types = {name: t.data_type for name, t in initializers.items()}
+        for n in constants.values():
+            for attr in n.attribute:
+                if attr.name == "value":
+                    types[n.output[0]] = attr.t.data_type
         infos = [*graph.value_info] if isinstance(graph, onnx.FunctionProto) else [
             *graph.input, *graph.output, *graph.value_info]
         for info in infos:
             tensor_type = info.type.tensor_type
             if info.type.HasField("tensor_type") and tensor_type.HasField("shape"):
                 ranks[info.name] = len(tensor_type.shape.dim)
+            if info.type.HasField("tensor_type") and tensor_type.elem_type:
+                types[info.name] = tensor_type.elem_type
         if outer is None:
-            return cls(initializers, constants, identities, ranks)
+            return cls(initializers, constants, identities, ranks, types)
         return cls({**outer.initializers, **initializers}, {**outer.constant_nodes, **constants},
-                   {**outer.identities, **identities}, {**outer.ranks, **ranks})
+                   {**outer.identities, **identities}, {**outer.ranks, **ranks}, {**outer.types, **types})
 
     def _resolve(self, name: str) -> str:
         seen = set()
@@ -247,6 +259,10 @@ class _Node:
 
     def input_rank(self, i: int) -> int | None:
         return self.scope.ranks.get(self.input(i))
+
+    def input_type(self, i: int) -> int | None:
+        """The element type (onnx.TensorProto) of input ``i``, where shape inference or a constant tells it."""
+        return self.scope.types.get(self.input(i))
 
     def is_constant(self, i: int) -> bool:
         return bool(self.input(i)) and self.scope.is_constant(self.input(i))
@@ -470,6 +486,40 @@ def _gridsample_mode(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
     else:
         yield (f"mode='{mode}'{how} is unknown to TensorRT {node.version}'s importer (it reads "
                f"{', '.join(params['modes'])}) and would sample with nearest")
+
+
+_TYPE_NAMES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.BFLOAT16: "BF16",
+               onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64", onnx.TensorProto.INT8: "INT8",
+               onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.DOUBLE: "FP64"}
+
+
+@_rule("plugin_inputs")
+def _plugin_inputs(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
+    # A plugin's inputs are positional and typed (its supportsFormatCombination); the parser passes them as
+    # they come, so a wrong order or type fails only when the engine is built, on the device.
+    spec = params["inputs"][node.proto.op_type]  # input name -> a type, or "float": one of float_types
+    names = list(spec)
+    if len(node.proto.input) != len(names):
+        yield (f"{len(node.proto.input)} inputs, but the plugin takes {len(names)}, in this order: "
+               f"{', '.join(names)}")
+        return
+    float_types = []
+    for i, (name, wanted) in enumerate(spec.items()):
+        actual = node.input_type(i)
+        if actual is None:
+            yield (f"the type of input '{name}' ('{node.input(i)}') is unknown, so the plugin's input types "
+                   f"cannot be checked statically: run shape inference")
+            continue
+        actual = _TYPE_NAMES.get(actual, onnx.TensorProto.DataType.Name(actual))
+        allowed = params["float_types"] if wanted == "float" else [wanted]
+        if actual not in allowed:
+            yield (f"input {i} '{name}' is {actual}, but the plugin takes {' or '.join(allowed)} there in "
+                   f"TensorRT {node.version}" + (": cast it" if wanted != "float" else ""))
+        elif wanted == "float":
+            float_types.append(actual)
+    if len(set(float_types)) > 1:
+        yield (f"float inputs of different types ({', '.join(float_types)}): the plugin takes all of them in "
+               f"one type")
 
 
 @_rule("constant_inputs")

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from .plugins import around_plugins, plugin_nodes
 from .rewrites import keep_float_nodes
 
 # Ops whose FP16 evaluation overflows or loses too much: LayerNorm after attention (TensorRT #2781, #3692),
@@ -139,6 +140,8 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
     if not calibration:
         raise UserError("INT8 needs calibration images: set calibration.images in pipeline.yaml to a folder of "
                         "real images (random data is not calibration)")
+    if plugin_nodes(model):  # calibration runs the graph: around TensorRT plugin nodes (export/compile/plugins.py)
+        return around_plugins(lambda runnable: to_int8(runnable, calibration, target, method, scheme), model)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if target == "tensorrt":

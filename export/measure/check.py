@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import torch
 
 from engines import artifacts as layout
@@ -22,6 +23,7 @@ from engines.manifest import embeds_pre_post, read_manifest, verify_engine_file
 from engines.onnxruntime import OnnxRuntimeRunner
 from engines.tiling import Tiling, check_tiling, slide, windows
 
+from ..compile.plugins import runnable_on_onnxruntime
 from ..compile.weights import load_model
 from ..log import log
 from .samples import agreement, engine_outputs, sample_inputs
@@ -53,8 +55,10 @@ def _open(path: Path, threads: int):
     if manifest.get("kind") == "graph":
         # A TensorRT-bound graph: run by ONNX Runtime here, as the build measured it (INT8 Q/DQ simulated
         # in FP32, as TensorRT's int32 accumulation computes it, not by this CPU's integer kernels).
+        # TensorRT plugin nodes run as their decomposition (the plugin's kernel is not run here).
         verify_engine_file(path, manifest)
-        return manifest, OnnxRuntimeRunner(path, threads, simulate_qdq=True), "onnxruntime (TensorRT-bound graph)"
+        graph = runnable_on_onnxruntime(onnx.load(str(path))).SerializeToString()
+        return manifest, OnnxRuntimeRunner(graph, threads, simulate_qdq=True), "onnxruntime (TensorRT-bound graph)"
     if manifest["backend"] == "tensorrt":
         from engines import tensorrt as trt_engine
 

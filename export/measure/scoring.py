@@ -11,6 +11,7 @@ import engines.onnxruntime as ort_engine
 from data import DataError, open_dataset
 
 from ..config import ModelConfig, Pipeline
+from ..compile.plugins import runnable_on_onnxruntime
 from ..errors import UserError
 from ..images import preprocess
 from .metrics import label_miou
@@ -47,5 +48,6 @@ class AccuracyScorer:
         return label_miou(predictions, self.labels, self.num_classes)
 
     def score(self, graph: onnx.ModelProto, simulate_qdq: bool = False) -> float:
+        graph = runnable_on_onnxruntime(graph)  # TensorRT plugin nodes run as their decomposition
         with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.threads, simulate_qdq=simulate_qdq) as r:
             return self.miou(r.infer({"images": x})["logits"].argmax(1)[0] for x in self.images)

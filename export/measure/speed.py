@@ -27,6 +27,8 @@ import onnx
 
 from engines.cpu import cpu_flags, cpuinfo
 
+from ..compile.plugins import runnable_on_onnxruntime
+
 # Ops whose multiply-accumulates are counted; everything else is treated as free.
 COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -187,7 +189,7 @@ def _run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]
     """Shapes of the tensors ``names`` from one ONNX Runtime run of ``model`` (inputs fixed) on zeros."""
     import onnxruntime as ort
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = onnx.ModelProto.FromString(runnable_on_onnxruntime(model).SerializeToString())  # plugins decomposed
     outputs = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
     options = ort.SessionOptions()
