@@ -59,7 +59,7 @@ def main() -> int:
                 for runtime, fns in calls.items():
                     times = {name: [] for name in fns}
                     for fn in fns.values():
-                        fn()  # warm-up
+                        fn(), fn()  # warm-up
                     for _ in range(args.rounds):
                         for name, fn in fns.items():
                             start = time.perf_counter()

@@ -91,3 +91,27 @@ def test_both_lowerings_equal_pytorch_at_several_sizes(target):
 def test_runnable_keeps_graphs_without_plugins():
     model = seg_node_graph()
     assert runnable_on_onnxruntime(model) is model
+
+
+def test_a_plugin_graph_builds_in_int8_and_is_checked(tmp_path):
+    """End to end, as a user builds it: Mask2Former's TensorRT-bound int8 graph (calibrated around the plugin
+    nodes, on their decomposition, with the plugin's int32 size inputs kept through the quantizer's
+    optimisations) holds every plugin node, passes both op tables, and `check` runs it."""
+    import onnx
+
+    from export.compile.compat import check_tensorrt_compat
+    from helpers import cli, tiny_pipeline
+
+    models = [{"name": "mask2former_r50", "num_classes": 4, "precisions": ["int8"],
+               "input": {"size": [64, 64], "min": [64, 64], "max": [128, 128]}}]
+    config = tiny_pipeline(tmp_path, backends=["tensorrt"], models=models)
+    done = cli("build", "--config", config)
+    assert done.returncode == 0, done.stderr[-2000:]
+    graph = onnx.load(str(tmp_path / "out" / "mask2former_r50" / "tensorrt" / "int8.onnx"))
+    assert sum(n.op_type == "MultiscaleDeformableAttnPlugin_TRT" for n in graph.graph.node) == 6
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    for version in ("10.3", "11.1"):
+        assert check_tensorrt_compat(graph, version) == []
+    done = cli("check", "--config", config)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mask2former_r50" in done.stdout
