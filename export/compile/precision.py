@@ -129,6 +129,32 @@ class _Reader:
         pass
 
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every float initializer that several nodes read given one copy per extra reader.
+
+    ONNX Runtime's quantizer refuses a weight that two quantized nodes share ("shared mode is not supported
+    for weight"), and both the exporter and ONNX Runtime's constant sharing (run by ``quant_pre_process``)
+    merge identical constants: GroupNorm's thirteen identical InstanceNormalization scales in DPT-Hybrid
+    become one. Copies are small; each reader then gets its own quantization parameters."""
+    init = {i.name: i for i in model.graph.initializer if i.data_type in FLOAT_TYPES}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in init:
+                continue
+            readers[name] = readers.get(name, 0) + 1
+            if readers[name] > 1:
+                copy_ = onnx.TensorProto()
+                copy_.CopyFrom(init[name])
+                copy_.name = f"{name}__reader{readers[name]}"
+                model.graph.initializer.append(copy_)
+                node.input[k] = copy_.name
+    return model
+
+
 def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str = "minmax",
             scheme: str = DEFAULT_CPU_INT8_SCHEME) -> onnx.ModelProto:
     """Insert Q/DQ calibrated on ``calibration`` (preprocessed (1,3,H,W) batches). ``target`` picks the
@@ -165,6 +191,7 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
         onnx.save(model, str(src))
         # Shape inference and ONNX Runtime's basic fusions (Conv+BN etc.) first, as its docs recommend.
         quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+        onnx.save(unshare_initializers(onnx.load(str(prep))), str(prep))
         # The calibrator computes ranges for every tensor, including the -inf mask constants of lowered
         # attention that are excluded from quantization; numpy's warnings about those are noise.
         with np.errstate(all="ignore"):
