@@ -20,8 +20,7 @@ so that one graph serves every input size: ONNX's AveragePool would bake the tra
 
 Deviations (mmsegmentation, followed here, against the paper): in APNB the query and key share one
 projection, where the paper (Fig. 3 caption) shares the key and value projection and sampling; the output
-projection is zero-initialised by mmsegmentation so that each block starts as a plain fusion, a training
-recipe left to training here. No parameter count for this model is published (mmsegmentation's model zoo
+projection starts at zero, as mmsegmentation initialises it, so that each block starts as a plain fusion. No parameter count for this model is published (mmsegmentation's model zoo
 lists memory, speed and mIoU only).
 """
 from __future__ import annotations
@@ -63,6 +62,8 @@ class AsymmetricAttention(nn.Module):
         self.query = self.key if share_query_key else ConvNormAct(query_channels, channels, 1, norm_layer=norm_layer)
         self.value = nn.Conv2d(key_channels, channels, 1)
         self.out = nn.Conv2d(channels, out_channels, 1)
+        nn.init.zeros_(self.out.weight)  # each block starts as a plain fusion (mmsegmentation's init)
+        nn.init.zeros_(self.out.bias)
         self.sample = PyramidSampling(bins)
         self.scale = channels**-0.5
 

@@ -10,9 +10,8 @@ softmax over all HW positions, the weighted sum of the features: one context vec
 every query, which is the paper's simplification of the non-local block), a bottleneck transform 1x1 conv
 (ratio 1/4) -> LayerNorm -> ReLU -> 1x1 conv, and fusion by broadcast addition. The LayerNorm normalises the
 (C/4, 1, 1) context vector over all three axes as mmcv's ContextBlock; it exports as one opset-17
-``LayerNormalization`` (axis -3), which TensorRT 10.3 and 11.1 import. mmcv zero-initialises the
-last transform conv so that the block starts as the identity; that is a training recipe and is left to
-training. No parameter count for this segmentation model is published (mmsegmentation's model zoo lists
+``LayerNormalization`` (axis -3), which TensorRT 10.3 and 11.1 import. The last transform conv starts at
+zero, as mmcv's ContextBlock initialises it, so that the block starts as the identity. No parameter count for this segmentation model is published (mmsegmentation's model zoo lists
 memory, speed and mIoU only).
 """
 from __future__ import annotations
@@ -38,6 +37,8 @@ class GlobalContextBlock(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(planes, channels, 1),
         )
+        nn.init.zeros_(self.transform[-1].weight)  # the block starts as the identity (mmcv's last_zero_init)
+        nn.init.zeros_(self.transform[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(self.mask(x).flatten(2), dim=-1)  # (B, 1, HW)

@@ -19,11 +19,16 @@ SAMPLES = ROOT / "samples"
 
 def make_deterministic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every learned scale a non-trivial value, so tests exercise every path: e.g. CCNet's attention
-    scale is 0 at initialisation (as in the paper), which would make its attention invisible in the output."""
+    scale is 0 at initialisation (as in the paper), which would make its attention invisible in the output;
+    so would a zero-initialised conv or linear weight."""
     torch.manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("gamma"):
             p.data.fill_(1.0)
+        elif name.endswith("weight") and not p.any():
+            # Zero-initialised layers (FCN's skip scores, deformable attention's offsets, the last layer of a
+            # non-local or global-context block) would make a path invisible in every test.
+            p.data.normal_(0.0, 0.02) if p.ndim > 1 else p.data.fill_(1.0)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
