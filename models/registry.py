@@ -24,7 +24,9 @@ class ModelSpec:
     block it has (narrower, or fewer repeats of a block); full sizes are only instantiated, for parameter
     counts, and measured in benchmarks. ``output_stride``: the stride of the head's logits before the final
     upsampling. ``custom_ops``: the ``models.ops`` ops the network calls (each becomes one ``seg`` node at
-    export and needs a lowering per target). Tests check all of these against the network.
+    export and needs a lowering per target). ``maps_follow_input``: False where inner maps are not input /
+    stride (valid convolutions, window-by-window classification), so stride cannot be measured on them and
+    the family's tests check its size arithmetic instead. Tests check all of these against the network.
     """
 
     name: str
@@ -36,6 +38,7 @@ class ModelSpec:
     test_kwargs: dict = field(default_factory=dict)
     output_stride: int | None = None
     custom_ops: tuple[str, ...] = ()
+    maps_follow_input: bool = True
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -43,7 +46,7 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = "",
                    test_kwargs: dict | None = None, output_stride: int | None = None,
-                   custom_ops: tuple[str, ...] = ()):
+                   custom_ops: tuple[str, ...] = (), maps_follow_input: bool = True):
     """Register a variant builder under its function name: ``@register_model("segformer")``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -51,7 +54,7 @@ def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = Tr
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
         MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip(),
-                                 dict(test_kwargs or {}), output_stride, tuple(custom_ops))
+                                 dict(test_kwargs or {}), output_stride, tuple(custom_ops), maps_follow_input)
         return fn
 
     return decorator

@@ -58,7 +58,7 @@ class SlidingWindowSegmenter(nn.Module):
 
     ``shared=False`` classifies each window as its own sample (the naive method); ``shared=True`` runs the
     classifier's convolutions once over the padded image. Maps inside the naive model are windows, not
-    image-aligned, hence ``maps_follow_input`` (the registry's stride tests read it).
+    image-aligned (its registry entry says ``maps_follow_input=False``).
     """
 
     aux_heads = None
@@ -67,7 +67,6 @@ class SlidingWindowSegmenter(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.shared = shared
-        self.maps_follow_input = shared
         self.head = PatchClassifier(num_classes, window, width)
         self.apply(init_conv_bn)
         if not shared:
@@ -88,7 +87,7 @@ class SlidingWindowSegmenter(nn.Module):
 _SMALL = {"width": 8}
 
 
-@register_model("sliding_window", size_divisor=1, output_stride=1, test_kwargs=_SMALL)
+@register_model("sliding_window", size_divisor=1, output_stride=1, test_kwargs=_SMALL, maps_follow_input=False)
 def sliding_window(num_classes: int = 19, window: int = 7, width: int = 32) -> nn.Module:
     """Sliding-window baseline: a 7x7-window patch classifier run window by window (nothing shared)."""
     return SlidingWindowSegmenter(num_classes, window, width, shared=False)

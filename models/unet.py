@@ -145,9 +145,6 @@ class UNet(nn.Module):
         self.backbone = UNetEncoder(in_channels, base_width, depth, padding, norm_layer)
         self.head = UNetDecoder(self.backbone.out_channels, num_classes, padding, norm_layer)
         self.pad, self.crop = overlap_tile(depth) if padding == 0 else (0, 0)
-        # Valid convs shrink every map, so no map is input / stride and the registry's stride tests, which
-        # measure maps, do not apply; size_divisor 16 comes from the padding arithmetic (``overlap_tile``).
-        self.maps_follow_input = padding != 0
         self.apply(init_conv_bn)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -162,7 +159,10 @@ class UNet(nn.Module):
 
 # Numerical tests: 8 channels at the top instead of 64; the original also three levels instead of four, since
 # its 94-pixel mirror padding at four levels needs sides of at least 95 (46 at three).
-@register_model("unet", size_divisor=16, output_stride=1, test_kwargs={"base_width": 8, "depth": 3})
+# Valid convs shrink every map, so no map is input / stride (``maps_follow_input=False``); size_divisor 16
+# comes from the padding arithmetic (``overlap_tile``), which tests/test_model_cnn.py checks.
+@register_model("unet", size_divisor=16, output_stride=1, test_kwargs={"base_width": 8, "depth": 3},
+                maps_follow_input=False)
 def unet(num_classes: int = 2, **kwargs) -> nn.Module:
     """The original U-Net: valid 3x3 convs, crop-and-concat skips, mirror-padded input (sides >= 96 px)."""
     return UNet(num_classes, padding=0, **kwargs)

@@ -57,8 +57,10 @@ def _open(path: Path, threads: int):
         # in FP32, as TensorRT's int32 accumulation computes it, not by this CPU's integer kernels).
         # TensorRT plugin nodes run as their decomposition (the plugin's kernel is not run here).
         verify_engine_file(path, manifest)
-        graph = runnable_on_onnxruntime(onnx.load(str(path))).SerializeToString()
-        return manifest, OnnxRuntimeRunner(graph, threads, simulate_qdq=True), "onnxruntime (TensorRT-bound graph)"
+        model = onnx.load(str(path))
+        runnable = runnable_on_onnxruntime(model)
+        source = path if runnable is model else runnable.SerializeToString()
+        return manifest, OnnxRuntimeRunner(source, threads, simulate_qdq=True), "onnxruntime (TensorRT-bound graph)"
     if manifest["backend"] == "tensorrt":
         from engines import tensorrt as trt_engine
 
