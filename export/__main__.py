@@ -1,8 +1,10 @@
-"""``python -m export {build,check,list}``; exit codes: 0 success, 1 failure, 2 usage error."""
+"""``python -m export {build,check,list,import}``; exit codes: 0 success, 1 failure, 2 usage error."""
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -52,6 +54,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--stride", metavar="HxW",
                    help="with --tile: the step between tiles (default: the tile, no overlap)")
     sub.add_parser("list", help="registered models with parameter counts")
+    i = sub.add_parser("import", help="convert a checkpoint trained elsewhere (mmseg, Hugging Face, CoinCheung) "
+                                      "to this project's names, checked against the model")
+    i.add_argument("source", help="a .pth/.pt/.bin/.safetensors file, a Hugging Face model folder, or hf:<repo id> "
+                                  "from the local Hugging Face cache")
+    i.add_argument("--model", required=True, help="the registered model it is for (python -m export list)")
+    i.add_argument("--num-classes", type=_positive, help="default: the checkpoint's own class list, else 19")
+    i.add_argument("--out", help="write the converted weights (classes and palette included) here")
     return p
 
 
@@ -95,6 +104,39 @@ def cmd_list() -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import MODELS, create_model
+
+    from .compile.checkpoints import read_checkpoint
+    from .compile.weights import import_weights
+
+    if args.model not in MODELS:
+        raise UserError(f"--model: unknown model {args.model!r}; known: {' '.join(sorted(MODELS))}")
+    checkpoint = read_checkpoint(args.source)
+    num_classes = args.num_classes or (len(checkpoint.classes) if checkpoint.classes else 19)
+    if checkpoint.classes is not None and len(checkpoint.classes) != num_classes:
+        raise UserError(f"--num-classes {num_classes}, but {checkpoint.path} was trained for "
+                        f"{len(checkpoint.classes)} classes; leave --num-classes out to take the checkpoint's")
+    model = create_model(args.model, num_classes=num_classes)
+    report = import_weights(model, args.model, checkpoint, f"{args.model} with num_classes={num_classes}")
+    print(f"{checkpoint.path}: {args.model}, {num_classes} classes"
+          + (f" ({', '.join(checkpoint.classes[:4])}, ...)" if checkpoint.classes else " (no class names in it)"))
+    for line in report.lines():
+        print("  " + line)
+    if args.out:
+        from engines.manifest import atomic_write  # never leaves a half-written file behind
+
+        meta = {"classes": checkpoint.classes, "palette": checkpoint.palette, "source": str(checkpoint.path),
+                "layout": report.layout, "names": report.names}
+        buffer = io.BytesIO()
+        torch.save({"state_dict": model.state_dict(), "segdeploy": meta}, buffer)
+        atomic_write(Path(args.out), buffer.getvalue())
+        print(f"wrote {args.out}: set models[].weights to it (num_classes, classes and palette come with it)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -102,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list()
+        if args.command == "import":
+            return cmd_import(args)
         from .config import load_pipeline
 
         pipeline = load_pipeline(args.config)

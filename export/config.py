@@ -47,10 +47,13 @@ class InputSize:
 class ModelConfig:
     name: str
     precisions: list[Precision] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
-    num_classes: int = 19
-    classes: Optional[list[str]] = None  # default: Cityscapes' 19 names when num_classes is 19
+    # Optional with weights that carry their classes (mmseg meta, Hugging Face id2label); otherwise 19.
+    num_classes: Optional[int] = None
+    classes: Optional[list[str]] = None  # default: the checkpoint's, else Cityscapes' 19 names when 19 classes
     palette: Optional[list[list[int]]] = None
-    weights: Optional[str] = None  # a state dict; None: deterministic random initialisation from `seed`
+    # A checkpoint (state dict, mmseg .pth, Hugging Face folder or .safetensors, hf:<repo id> from the local
+    # cache; export/compile/checkpoints.py); None: deterministic random initialisation from `seed`
+    weights: Optional[str] = None
     seed: int = 0
     input: InputSize = field(default_factory=InputSize)
     mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB, 0-255 scale
@@ -237,12 +240,34 @@ def _validate(p: Pipeline) -> None:
             raise UserError(f"{where}.input: need min <= size <= max in each dimension, got {lo}, {opt}, {hi}")
         if len(m.mean) != 3 or len(m.std) != 3 or min(m.std) <= 0:
             raise UserError(f"{where}: mean and std need 3 values (RGB) and std > 0")
+        _classes_from_weights(m, p)
         if m.classes is not None and len(m.classes) != m.num_classes:
             raise UserError(f"{where}.classes: {len(m.classes)} names for num_classes {m.num_classes}")
         if m.palette is not None and (len(m.palette) != m.num_classes or any(len(c) != 3 for c in m.palette)):
             raise UserError(f"{where}.palette: need {m.num_classes} [R, G, B] colours")
         if len(set(m.precisions)) != len(m.precisions):
             raise UserError(f"{where}.precisions: {m.precisions} repeats a precision")
+
+
+def _classes_from_weights(m: ModelConfig, pipeline: Pipeline) -> None:
+    """Fill num_classes, classes and palette that pipeline.yaml leaves out from the checkpoint where it
+    carries them; with neither, 19 classes (Cityscapes')."""
+    if m.weights is not None and (m.num_classes is None or m.classes is None or m.palette is None):
+        from .compile.checkpoints import read_checkpoint  # torch and the models, only for such weights
+
+        ref = m.weights if m.weights.startswith("hf:") else str(pipeline.resolve(m.weights))
+        checkpoint = read_checkpoint(ref)
+        if checkpoint.classes is not None and m.num_classes not in (None, len(checkpoint.classes)):
+            from .compile.weights import check_classes
+
+            check_classes(m, checkpoint)
+        if checkpoint.classes is not None:
+            m.num_classes = len(checkpoint.classes)
+            m.classes = m.classes if m.classes is not None else checkpoint.classes
+            if m.palette is None and checkpoint.palette is not None and len(checkpoint.palette) == m.num_classes:
+                m.palette = checkpoint.palette
+    if m.num_classes is None:
+        m.num_classes = len(m.classes) if m.classes is not None else 19
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

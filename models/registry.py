@@ -26,7 +26,9 @@ class ModelSpec:
     upsampling. ``custom_ops``: the ``models.ops`` ops the network calls (each becomes one ``seg`` node at
     export and needs a lowering per target). ``maps_follow_input``: False where inner maps are not input /
     stride (valid convolutions, window-by-window classification), so stride cannot be measured on them and
-    the family's tests check its size arithmetic instead. Tests check all of these against the network.
+    the family's tests check its size arithmetic instead. ``checkpoints``: the key-mapping tables
+    (``models.keymaps.KeyMap``) of the checkpoint layouts trained elsewhere that load into this variant.
+    Tests check all of these against the network.
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     output_stride: int | None = None
     custom_ops: tuple[str, ...] = ()
     maps_follow_input: bool = True
+    checkpoints: tuple = ()
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -46,7 +49,7 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = "",
                    test_kwargs: dict | None = None, output_stride: int | None = None,
-                   custom_ops: tuple[str, ...] = (), maps_follow_input: bool = True):
+                   custom_ops: tuple[str, ...] = (), maps_follow_input: bool = True, checkpoints: tuple = ()):
     """Register a variant builder under its function name: ``@register_model("segformer")``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -54,7 +57,8 @@ def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = Tr
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
         MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip(),
-                                 dict(test_kwargs or {}), output_stride, tuple(custom_ops), maps_follow_input)
+                                 dict(test_kwargs or {}), output_stride, tuple(custom_ops), maps_follow_input,
+                                 tuple(checkpoints))
         return fn
 
     return decorator

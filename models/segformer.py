@@ -15,6 +15,7 @@ from torch import nn
 
 from .backbones.mit import MixTransformer
 from .base import ConvNormAct, SegmentationModel
+from .keymaps import KeyMap
 from .registry import register_model
 
 
@@ -64,6 +65,33 @@ class SegFormer(SegmentationModel):
         super().__init__(backbone, head, num_classes)
 
 
+# Checkpoints trained elsewhere. Hugging Face transformers' SegformerForSemanticSegmentation
+# (modeling_segformer.py; the hub's nvidia/segformer-b*-finetuned-* folders): its key and value projections
+# are our kv Linear's two halves (key rows first, as the NVlabs original that its converter split), and its
+# decoder concatenates the stages deepest first, as ours does, so linear_fuse maps unchanged.
+_HF_BLOCK = r"segformer\.encoder\.block\.(\d+)\.(\d+)\."
+_OUR_BLOCK = r"backbone.stages.\1.blocks.\2."
+HF_KEYS = KeyMap("huggingface", (
+    (r"segformer\.encoder\.patch_embeddings\.(\d+)\.proj\.(\w+)", r"backbone.stages.\1.patch_embed.proj.\2"),
+    (r"segformer\.encoder\.patch_embeddings\.(\d+)\.layer_norm\.(\w+)", r"backbone.stages.\1.patch_embed.norm.\2"),
+    (_HF_BLOCK + r"layer_norm_(1|2)\.(\w+)", _OUR_BLOCK + r"norm\3.\4"),
+    (_HF_BLOCK + r"attention\.self\.query\.(\w+)", _OUR_BLOCK + r"attn.q.\3"),
+    (_HF_BLOCK + r"attention\.self\.key\.(\w+)", _OUR_BLOCK + r"attn.kv.\3#0"),
+    (_HF_BLOCK + r"attention\.self\.value\.(\w+)", _OUR_BLOCK + r"attn.kv.\3#1"),
+    (_HF_BLOCK + r"attention\.self\.sr\.(\w+)", _OUR_BLOCK + r"attn.sr.\3"),
+    (_HF_BLOCK + r"attention\.self\.layer_norm\.(\w+)", _OUR_BLOCK + r"attn.norm.\3"),
+    (_HF_BLOCK + r"attention\.output\.dense\.(\w+)", _OUR_BLOCK + r"attn.proj.\3"),
+    (_HF_BLOCK + r"mlp\.dense(1|2)\.(\w+)", _OUR_BLOCK + r"mlp.fc\3.\4"),
+    (_HF_BLOCK + r"mlp\.dwconv\.dwconv\.(\w+)", _OUR_BLOCK + r"mlp.dwconv.\3"),
+    (r"segformer\.encoder\.layer_norm\.(\d+)\.(\w+)", r"backbone.stages.\1.norm.\2"),
+    (r"decode_head\.linear_c\.(\d+)\.proj\.(\w+)", r"head.linear_c.\1.\2"),
+    (r"decode_head\.linear_fuse\.weight", r"head.linear_fuse.0.weight"),
+    (r"decode_head\.batch_norm\.(\w+)", r"head.linear_fuse.1.\1"),
+    (r"decode_head\.classifier\.(\w+)", r"head.linear_pred.\1"),
+), drop=(r"classifier\.\w+",),  # SegformerForImageClassification's ImageNet head (encoder-only files)
+   note="transformers SegformerForSemanticSegmentation")
+CHECKPOINT_KEYS = (HF_KEYS,)
+
 # The paper's variants (Section 4.1, Table 1): B1-B5 share widths and differ in depth; B0 is narrower.
 
 
@@ -72,42 +100,42 @@ class SegFormer(SegmentationModel):
 _TWO_BLOCKS_PER_STAGE = {"depths": (2, 2, 2, 2)}
 
 
-@register_model("segformer", size_divisor=32, output_stride=4)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS)
 def segformer_b0(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B0 (3.8M parameters with 150 classes)."""
     args = dict(embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2), decoder_dim=256)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, output_stride=4)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS)
 def segformer_b1(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B1 (13.7M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(2, 2, 2, 2), decoder_dim=256)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b2(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B2 (27.5M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 6, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b3(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B3 (47.3M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 4, 18, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b4(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B4 (64.1M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 8, 27, 3), decoder_dim=768)
     return SegFormer(num_classes, **{**args, **kwargs})
 
 
-@register_model("segformer", size_divisor=32, output_stride=4, test_kwargs=_TWO_BLOCKS_PER_STAGE)
+@register_model("segformer", size_divisor=32, output_stride=4, checkpoints=CHECKPOINT_KEYS, test_kwargs=_TWO_BLOCKS_PER_STAGE)
 def segformer_b5(num_classes: int = 19, **kwargs) -> nn.Module:
     """SegFormer-B5 (84.7M parameters with 150 classes)."""
     args = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), depths=(3, 6, 40, 3), decoder_dim=768)

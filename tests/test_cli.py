@@ -221,7 +221,7 @@ def _state_dict_file(path, model_name, num_classes):
 @pytest.mark.parametrize("case, message", [
     ("unknown_model", "--models: 'segformer_b9' is not in the pipeline; it has: bisenetv2"),
     ("missing_weights", "do not exist; fix models[].weights"),
-    ("corrupt_weights", "cannot be read as a PyTorch state dict"),
+    ("corrupt_weights", "cannot be read as a PyTorch checkpoint"),
     ("mismatched_weights", "do not fit bisenetv2 with num_classes=4: missing keys:"),
     ("wrong_classes", "shape mismatch: head.seg.2.weight"),
     ("empty_calibration", "has no images"),

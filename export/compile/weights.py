@@ -1,5 +1,12 @@
-"""Stage 0: the model with its weights, checked key by key against the registered network."""
+"""Stage 0: the model with its weights, checked key by key against the registered network.
+
+Weights come in any layout ``checkpoints.read_checkpoint`` reads (this project's state dicts, Hugging Face
+folders and safetensors files, mmsegmentation and CoinCheung checkpoints); ``import_weights`` maps their names
+with the family's table and reports what it mapped, what it left out and what is missing.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -8,6 +15,41 @@ from models import create_model, training_only_keys
 
 from ..config import ModelConfig, Pipeline
 from ..errors import UserError
+from .checkpoints import Checkpoint, map_to_model, read_checkpoint
+
+
+@dataclass
+class ImportReport:
+    """What importing a checkpoint into a model did, for `python -m export import` and the build log."""
+
+    layout: str  # what the file is: 'huggingface', 'mmseg', 'state dict'
+    names: str  # whose key names: 'ours' or a table's source
+    loaded: int  # our keys set from the checkpoint
+    fused: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # source keys with no counterpart by design
+    not_loaded: list[str] = field(default_factory=list)  # our training-only keys the checkpoint lacks
+
+    def lines(self) -> list[str]:
+        out = [f"detected: {self.layout} checkpoint, {self.names} key names",
+               f"mapped: {self.loaded} tensors" + (f" ({len(self.fused)} fused from split tensors)" if self.fused else "")]
+        if self.reshaped:
+            out.append(f"reshaped: {len(self.reshaped)} ({_few(self.reshaped)}): singleton dimensions only")
+        if self.left_out:
+            out.append(f"left out: {len(self.left_out)} source tensors with no counterpart by design ({_few(self.left_out)})")
+        if self.not_loaded:
+            out.append(f"not in the checkpoint: {len(self.not_loaded)} training-only tensors ({_few(self.not_loaded)}), "
+                       "left at their initial values (not deployed)")
+        return out
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def weights_ref(cfg: ModelConfig, pipeline: Pipeline) -> str:
+    """models[].weights as read_checkpoint takes it: an hf: repo id as it is, a path relative to the pipeline."""
+    return cfg.weights if cfg.weights.startswith("hf:") else str(pipeline.resolve(cfg.weights))
 
 
 def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, str]:
@@ -16,31 +58,45 @@ def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, s
     model = create_model(cfg.name, num_classes=cfg.num_classes)
     if cfg.weights is None:
         return model.eval(), f"random-init:seed={cfg.seed}"
-    path = pipeline.resolve(cfg.weights)
-    if not path.is_file():
-        raise UserError(f"weights {path} for {cfg.name} do not exist; fix models[].weights in pipeline.yaml")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors for damaged files
-        raise UserError(f"weights {path} cannot be read as a PyTorch state dict ({type(exc).__name__}); "
-                        "re-save them with torch.save(model.state_dict(), path)") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
-        state = state.get("state_dict", state.get("model"))
-    if not isinstance(state, dict):
-        raise UserError(f"weights {path} hold a {type(state).__name__}, not a state dict; "
-                        "save them with torch.save(model.state_dict(), path)")
+    checkpoint = read_checkpoint(weights_ref(cfg, pipeline))
+    check_classes(cfg, checkpoint)
+    import_weights(model, cfg.name, checkpoint, f"{cfg.name} with num_classes={cfg.num_classes}")
+    return model.eval(), sha256_file(checkpoint.path)
+
+
+def check_classes(cfg: ModelConfig, checkpoint: Checkpoint) -> None:
+    """A class count in pipeline.yaml that disagrees with the checkpoint's own class list is an error."""
+    if checkpoint.classes is not None and len(checkpoint.classes) != cfg.num_classes:
+        raise UserError(f"{cfg.name}: pipeline.yaml says num_classes {cfg.num_classes} but {checkpoint.path} was "
+                        f"trained for {len(checkpoint.classes)} classes ({', '.join(checkpoint.classes[:3])}, ...); "
+                        "remove num_classes/classes/palette from models[] to take the checkpoint's, or fix them")
+
+
+def import_weights(model: torch.nn.Module, name: str, checkpoint: Checkpoint, what: str | None = None) -> ImportReport:
+    """Load ``checkpoint`` into ``model`` (the registered variant ``name``) or raise a UserError that names the
+    missing, unexpected and mis-shaped keys; nothing is loaded unless every deployed tensor fits."""
     own = model.state_dict()
-    # Auxiliary heads only serve training and are dropped at export: checkpoints may leave them out.
-    optional = training_only_keys(model)
+    mapped, table = map_to_model(checkpoint, name, set(own))
+    state = dict(mapped.state)
+    optional = training_only_keys(model)  # auxiliary heads serve training only: checkpoints may leave them out
     missing = [k for k in own if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    unexpected = [k for k in state if k not in own] + mapped.unmapped
+    shapes, reshaped = [], []
+    for k in own:
+        if k in state and state[k].shape != own[k].shape:
+            # Only singleton dimensions may differ (a 0-dim scale stored for a (1,) one, a 1x1 conv for a Linear).
+            if state[k].numel() == own[k].numel() and [d for d in state[k].shape if d != 1] == [d for d in own[k].shape if d != 1]:
+                state[k] = state[k].reshape(own[k].shape)
+                reshaped.append(k)
+            else:
+                shapes.append(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
     if missing or unexpected or shapes:
-        def few(keys):
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-        parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
-                 f"shape mismatch: {few(shapes)}" if shapes else ""]
-        raise UserError(f"weights {path} do not fit {cfg.name} with num_classes={cfg.num_classes}: "
-                        + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=False)  # every deployed key was checked above
-    return model.eval(), sha256_file(path)
+        parts = [f"missing keys: {_few(missing)}" if missing else "",
+                 f"unexpected keys: {_few(unexpected)}" if unexpected else "",
+                 f"shape mismatch: {_few(shapes)}" if shapes else ""]
+        names = "our" if table is None else f"{table.source}"
+        raise UserError(f"weights {checkpoint.path} ({checkpoint.layout} checkpoint, {names} key names) do not fit "
+                        f"{what or name}: " + "; ".join(p for p in parts if p))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return ImportReport(checkpoint.layout, "ours" if table is None else table.source, len(state), mapped.fused,
+                        reshaped, mapped.dropped, sorted(k for k in optional if k not in state))

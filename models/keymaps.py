@@ -1,0 +1,66 @@
+"""Key-mapping tables: how the parameter names of checkpoints trained elsewhere (Hugging Face transformers,
+mmsegmentation, CoinCheung/BiSeNet) become this package's names. Each family declares its tables beside its
+model (``CHECKPOINT_KEYS`` in its module, passed to ``register_model(checkpoints=...)``); this module only
+applies them. Reading files and choosing a table is export's job (export/compile/checkpoints.py).
+
+A table is a list of ``(pattern, replacement)`` pairs of regular expressions over whole keys, tried in order,
+the first that matches wins. A replacement ending in ``#k`` names part ``k`` of one of our tensors: the parts
+are concatenated along dim 0 in ``k`` order (a key and a value projection stored apart, ours one ``kv``
+Linear). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
+the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """One source's names for one family. ``source`` says which: 'huggingface', 'mmseg', 'coincheung'."""
+
+    source: str
+    renames: tuple[tuple[str, str], ...]
+    drop: tuple[str, ...] = ()
+    note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
+
+
+@dataclass
+class MappedState:
+    """A source state dict in our names, and what happened to each source key."""
+
+    state: dict[str, torch.Tensor]
+    renamed: int = 0
+    fused: list[str] = field(default_factory=list)  # our keys assembled from several source tensors
+    dropped: list[str] = field(default_factory=list)  # source keys left out by design
+    unmapped: list[str] = field(default_factory=list)  # source keys no rule matched
+
+
+def apply_key_map(state: dict[str, torch.Tensor], key_map: KeyMap | None) -> MappedState:
+    """``state`` in our names. ``key_map`` None: the names are ours already (nothing renamed)."""
+    if key_map is None:
+        return MappedState(dict(state))
+    rules = [(re.compile(p), r) for p, r in key_map.renames]
+    drops = [re.compile(p) for p in key_map.drop]
+    out = MappedState({})
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        if any(d.fullmatch(key) for d in drops):
+            out.dropped.append(key)
+            continue
+        target = next((rule.sub(repl, key) for rule, repl in rules if rule.fullmatch(key)), None)
+        if target is None:
+            out.unmapped.append(key)
+            continue
+        out.renamed += 1
+        name, _, part = target.partition("#")
+        if part:
+            parts.setdefault(name, {})[int(part)] = value
+        else:
+            out.state[name] = value
+    for name, pieces in parts.items():
+        out.state[name] = torch.cat([pieces[k] for k in sorted(pieces)], dim=0)
+        out.fused.append(name)
+    return out

@@ -1,0 +1,197 @@
+"""Checkpoints trained elsewhere (export/compile/checkpoints.py, the families' CHECKPOINT_KEYS tables): every
+import is checked by numbers against the source's own model, and bad files are refused in one line.
+
+Hugging Face models are built by transformers at random initialisation from a config (nothing is downloaded)
+and saved with ``save_pretrained``: the folder layout and key names of the hub's checkpoints."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export.compile.checkpoints import read_checkpoint
+from export.compile.weights import import_weights
+from export.config import load_pipeline
+from export.errors import UserError
+from helpers import cli, tiny_pipeline
+from models import create_model
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[test]'")
+
+
+def _randomise_batch_norms(model: torch.nn.Module) -> None:
+    """Fresh BatchNorms are the identity; statistics away from it check that they map to the right layer."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+def _hf_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """The transformers model's logits upsampled to the input as ours are (bilinear, align_corners=False)."""
+    with torch.no_grad():
+        logits = model(pixel_values=images).logits
+    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def hf_segformer(tmp_path_factory):
+    """SegFormer-B0 with an ADE20K-sized head (150 classes), as transformers saves it."""
+    torch.manual_seed(0)
+    labels = {i: f"class{i}" for i in range(150)}
+    config = transformers.SegformerConfig(num_labels=150, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    _randomise_batch_norms(model)
+    folder = tmp_path_factory.mktemp("hf") / "segformer-b0-ade"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("form", ["folder", "safetensors", "cache"])
+def test_hf_segformer_imports_with_the_sources_logits(hf_segformer, form, tmp_path, monkeypatch):
+    model, folder = hf_segformer
+    if form == "folder":
+        ref = str(folder)
+    elif form == "safetensors":
+        ref = str(folder / "model.safetensors")
+    else:  # hf:<repo id> from the local cache's layout (models--org--name/refs/main -> snapshots/<commit>)
+        repo = tmp_path / "hub" / "models--nvidia--segformer-b0-finetuned-ade-512-512"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0123abc")
+        snapshot = repo / "snapshots" / "0123abc"
+        snapshot.mkdir(parents=True)
+        for name in ("config.json", "model.safetensors"):
+            (snapshot / name).symlink_to(folder / name)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        ref = "hf:nvidia/segformer-b0-finetuned-ade-512-512"
+    checkpoint = read_checkpoint(ref)
+    assert checkpoint.layout == "huggingface"
+    assert checkpoint.classes == [f"class{i}" for i in range(150)]
+    ours = create_model("segformer_b0", num_classes=150).eval()
+    report = import_weights(ours, "segformer_b0", checkpoint)
+    assert report.names == "huggingface" and report.loaded == len(ours.state_dict())
+    assert len(report.fused) == 16  # key + value -> kv in each of the 8 blocks, weight and bias
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        result = ours(images)
+    assert (result - _hf_logits(model, images)).abs().max() <= 1e-4
+
+
+def test_hf_cache_miss_says_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="huggingface-cli download nvidia/segformer-b1-finetuned-ade-512-512"):
+        read_checkpoint("hf:nvidia/segformer-b1-finetuned-ade-512-512")
+
+
+def test_pipeline_takes_classes_from_the_checkpoint(hf_segformer, tmp_path):
+    _, folder = hf_segformer
+    model = {"name": "segformer_b0", "weights": str(folder), "precisions": ["fp32"], "input": {"size": [64, 64]}}
+    (cfg,) = load_pipeline(tiny_pipeline(tmp_path, models=[model])).models
+    assert cfg.num_classes == 150 and cfg.classes[:2] == ["class0", "class1"] and cfg.palette is None
+
+
+def test_a_class_count_against_the_checkpoint_is_one_line(hf_segformer, tmp_path):
+    _, folder = hf_segformer
+    model = {"name": "segformer_b0", "num_classes": 19, "weights": str(folder), "precisions": ["fp32"],
+             "input": {"size": [64, 64]}}
+    config = tiny_pipeline(tmp_path, models=[model])
+    result = cli("build", "--config", config)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "num_classes 19 but" in last and "150 classes" in last
+    assert "Traceback" not in result.stderr and not list((tmp_path / "out").rglob("*.onnx"))
+
+
+def test_export_import_converts_once_and_reports(hf_segformer, tmp_path):
+    model, folder = hf_segformer
+    out = tmp_path / "weights.pt"
+    result = cli("import", str(folder), "--model", "segformer_b0", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "detected: huggingface checkpoint" in result.stdout and "mapped: 192 tensors" in result.stdout
+    # The converted file is this project's own layout, classes included.
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.layout == "state dict" and len(checkpoint.classes) == 150
+    ours = create_model("segformer_b0", num_classes=150).eval()
+    assert import_weights(ours, "segformer_b0", checkpoint).names == "ours"
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(images) - _hf_logits(model, images)).abs().max() <= 1e-4
+
+
+def test_another_architectures_checkpoint_names_the_keys(hf_segformer, tmp_path):
+    _, folder = hf_segformer
+    result = cli("import", str(folder), "--model", "bisenetv2", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit bisenetv2 with num_classes=150: missing keys: backbone.detail" in result.stderr
+    assert not (tmp_path / "w.pt").exists()
+
+
+# ------------------------------------------------------------------------------ .pth files, read safely
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("this code ran",))
+
+
+def test_a_pickle_with_code_is_refused_never_run(tmp_path, capfd):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Exploit()}, path)
+    with pytest.raises(UserError, match="need code to load .*never run here"):
+        read_checkpoint(path)
+    assert "this code ran" not in capfd.readouterr().out
+
+
+def test_a_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(create_model("bisenetv2", num_classes=4).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        read_checkpoint(path)
+
+
+def test_mmengine_checkpoint_with_training_logs_loads_its_weights_and_classes(tmp_path, monkeypatch):
+    """mmengine 1.x's Runner saves ``meta.dataset_meta`` and a ``message_hub`` of HistoryBuffer objects
+    holding numpy arrays (mmengine/runner/runner.py save_checkpoint; mmengine/logging/history_buffer.py)."""
+    import numpy as np
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+    HistoryBuffer = type("HistoryBuffer", (), {"__module__": module.__name__})
+    module.HistoryBuffer = HistoryBuffer
+    buffer = HistoryBuffer()
+    buffer._log_history, buffer._count_history = np.arange(3.0), np.ones(3)
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    state = create_model("bisenetv2", num_classes=4).state_dict()
+    meta = {"epoch": 1, "dataset_meta": {"classes": ("a", "b", "c", "d"), "palette": [[1, 2, 3]] * 4}}
+    path = tmp_path / "iter_1000.pth"
+    torch.save({"meta": meta, "state_dict": state, "message_hub": {"log_scalars": {"loss": buffer}},
+                "optimizer": {"state": {}}}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)  # mmengine is not installed where it is read
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.layout == "mmseg"
+    assert checkpoint.classes == ["a", "b", "c", "d"] and checkpoint.palette == [[1, 2, 3]] * 4
+    assert set(checkpoint.state) == set(state)
+
+
+def test_mmseg_0x_meta_gives_classes_and_palette(tmp_path):
+    path = tmp_path / "zoo.pth"
+    torch.save({"meta": {"CLASSES": ("road", "sky"), "PALETTE": [[128, 64, 128], [70, 130, 180]],
+                         "mmseg_version": "0.20.0", "config": "model = dict(...)"},
+                "state_dict": {"w": torch.zeros(2)}}, path)
+    checkpoint = read_checkpoint(path)
+    assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == (
+        "mmseg", ["road", "sky"], [[128, 64, 128], [70, 130, 180]])
+
+
+def test_any_other_class_in_the_pickle_is_refused(tmp_path):
+    """Anything beyond tensors, containers, numpy data and mmengine's log buffers needs code: refused."""
+    path = tmp_path / "odd.pth"
+    torch.save({"meta": {"when": types.SimpleNamespace(a=1)}, "state_dict": {"w": torch.zeros(1)}}, path)
+    with pytest.raises(UserError, match="types.SimpleNamespace"):
+        read_checkpoint(path)
