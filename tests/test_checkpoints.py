@@ -5,6 +5,7 @@ Hugging Face models are built by transformers at random initialisation from a co
 and saved with ``save_pretrained``: the folder layout and key names of the hub's checkpoints."""
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -195,3 +196,33 @@ def test_any_other_class_in_the_pickle_is_refused(tmp_path):
     torch.save({"meta": {"when": types.SimpleNamespace(a=1)}, "state_dict": {"w": torch.zeros(1)}}, path)
     with pytest.raises(UserError, match="types.SimpleNamespace"):
         read_checkpoint(path)
+
+
+def test_the_example_pipeline_builds_an_imported_checkpoint(hf_segformer, tmp_path):
+    """pipelines/imported_segformer.yaml as a user runs it, with the hub repo it names in a local Hugging Face
+    cache (here the random-init stand-in), at a small size: the engine gets the checkpoint's 150 classes."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from helpers import ROOT
+
+    _, folder = hf_segformer
+    snapshot = tmp_path / "hub" / "models--nvidia--segformer-b0-finetuned-ade-512-512" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).symlink_to(folder / name)
+    config = yaml.safe_load((ROOT / "pipelines" / "imported_segformer.yaml").read_text())
+    config["models"][0]["input"] = {"size": [64, 64], "min": [64, 64], "max": [128, 128]}
+    config["models"][0]["precisions"] = ["fp32"]
+    config.update(out_dir=str(tmp_path / "out"), backends=["onnxruntime"])
+    config["calibration"]["images"] = str(ROOT / "samples")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "export", "build", "--config", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(next((tmp_path / "out").rglob("fp32*.manifest.json")).read_text())
+    assert manifest["classes"][:2] == ["class0", "class1"] and len(manifest["classes"]) == 150
