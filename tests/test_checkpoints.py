@@ -17,7 +17,7 @@ from export.compile.weights import import_weights
 from export.config import load_pipeline
 from export.errors import UserError
 from helpers import cli, tiny_pipeline
-from models import create_model
+from models import create_model, get_spec
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[test]'")
 
@@ -128,6 +128,77 @@ def test_another_architectures_checkpoint_names_the_keys(hf_segformer, tmp_path)
     result = cli("import", str(folder), "--model", "bisenetv2", "--out", str(tmp_path / "w.pt"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "do not fit bisenetv2 with num_classes=150: missing keys: backbone.detail" in result.stderr
+    assert not (tmp_path / "w.pt").exists()
+
+
+# ------------------------------------------------------------------------ DPT (modeling_dpt.py, 5.23.0)
+
+def _randomise(model: torch.nn.Module) -> None:
+    """BatchNorm statistics and affine parameters, class token and position embeddings away from their initial
+    values (ones, zeros), so that each one's mapping shows in the logits."""
+    _randomise_batch_norms(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".batch_norm" in name or "head.head.1." in name or "cls_token" in name or "position_embeddings" in name:
+                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.2)
+
+
+def _hf_dpt_config(**kwargs):
+    """DPTConfig of the hub's ADE20K checkpoint (BatchNorm in the fusion residual units, 150 classes), at
+    dpt_vit_*'s test size: the ViT of dpt's _SMALL_VIT, reassembled widths 16-64, 32 fusion channels."""
+    labels = {i: f"class{i}" for i in range(150)}
+    args = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, image_size=64,
+                backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 48, 64], fusion_hidden_size=32,
+                use_batch_norm_in_fusion_residual=True, num_labels=150, id2label=labels,
+                label2id={v: k for k, v in labels.items()})
+    return transformers.DPTConfig(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def hf_dpt(tmp_path_factory):
+    torch.manual_seed(0)
+    # Weights at 5x transformers' initial scale (std 0.1, not 0.02) give logits of order 1 (max |logit| 2.8), not
+    # 0.03, so that 1e-4 is a test.
+    model = transformers.DPTForSemanticSegmentation(_hf_dpt_config(initializer_range=0.1)).eval()
+    _randomise(model)
+    folder = tmp_path_factory.mktemp("hf") / "dpt-ade"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("name", ["dpt_vit_b16", "dpt_vit_l16"])
+def test_hf_dpt_imports_with_the_sources_logits(hf_dpt, name):
+    model, folder = hf_dpt
+    checkpoint = read_checkpoint(folder)
+    ours = create_model(name, num_classes=150, **get_spec(name).test_kwargs).eval()
+    report = import_weights(ours, name, checkpoint)
+    assert report.names == "huggingface" and report.loaded == len(ours.state_dict())
+    assert len(report.fused) == 8  # query, key, value -> qkv in each of the 4 blocks, weight and bias
+    assert sorted(report.left_out) == ["auxiliary_head.head.0.weight", "auxiliary_head.head.1.bias",
+                                       "auxiliary_head.head.1.num_batches_tracked", "auxiliary_head.head.1.running_mean",
+                                       "auxiliary_head.head.1.running_var", "auxiliary_head.head.1.weight",
+                                       "auxiliary_head.head.4.bias", "auxiliary_head.head.4.weight",
+                                       "dpt.layernorm.bias", "dpt.layernorm.weight"]
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 96, 96)  # square (transformers' reassembly assumes it); position grid resized 4 -> 6
+    with torch.no_grad():
+        error = (ours(images) - _hf_logits(model, images)).abs().max().item()
+    assert error <= 1e-4, error
+
+
+def test_hf_dpt_without_batch_norm_in_the_fusion_units_is_one_line(tmp_path):
+    model = transformers.DPTForSemanticSegmentation(_hf_dpt_config(use_batch_norm_in_fusion_residual=False))
+    model.save_pretrained(tmp_path / "dpt")
+    result = cli("import", str(tmp_path / "dpt"), "--model", "dpt_vit_b16", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit dpt_vit_b16 with num_classes=150" in result.stderr and "batch_norm" in result.stderr
+
+
+def test_hf_dpt_into_another_architecture_names_the_keys(hf_dpt, tmp_path):
+    _, folder = hf_dpt
+    result = cli("import", str(folder), "--model", "segformer_b0", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit segformer_b0 with num_classes=150: missing keys: backbone.stages" in result.stderr
     assert not (tmp_path / "w.pt").exists()
 
 
