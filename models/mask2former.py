@@ -283,8 +283,9 @@ class Mask2FormerHead(nn.Module):
 # keeps them apart. Its semantic output is ours before upsampling: softmax(class_queries_logits)[..., :-1]
 # summed over queries with sigmoid(masks_queries_logits) at stride 4 (its image processor's
 # post_process_semantic_segmentation instead resizes the mask logits to 384 x 384 before the sigmoid). The
-# loss's no-object weights (criterion.empty_weight) are training-only. The hub's facebook/mask2former-* are all
-# Swin-backbone: they do not fit (no Swin here), and say so by their missing backbone keys.
+# loss's no-object weights (criterion.empty_weight) are training-only. Mask2FormerConfig lists only "swin" in
+# backbones_supported (a ResNet config builds, with a warning), and the facebook/mask2former-* checkpoints its
+# docs name are Swin: those do not fit (no Swin here), and say so by their missing backbone keys.
 _HF_PIXEL = r"model\.pixel_level_module\."
 _HF_RESNET = _HF_PIXEL + r"encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\."
 _HF_ENC = _HF_PIXEL + r"decoder\.encoder\.layers\.(\d+)\."
