@@ -42,6 +42,7 @@ from torch import nn
 from .backbones.resnet import ResNet
 from .backbones.vit import VisionTransformer
 from .base import ConvNormAct, SegmentationModel, init_conv_bn
+from .keymaps import KeyMap
 from .registry import register_model
 
 READOUTS = ("ignore", "project")
@@ -182,18 +183,75 @@ class DPT(SegmentationModel):
         super().__init__(encoder, head, num_classes)
 
 
+# Checkpoints trained elsewhere. Hugging Face transformers' DPTForSemanticSegmentation (transformers 5.23.0,
+# models/dpt/modeling_dpt.py; the hub's Intel/dpt-large-ade, a ViT-L/16 with 150 classes: dpt_vit_l16). Op for op
+# the network is ours when the config has use_batch_norm_in_fusion_residual=True (what its converter,
+# convert_dpt_to_pytorch.py, sets for the ADE20K checkpoint; the residual convs are then bias-free, as ours):
+# separate query/key/value projections are our qkv Linear's three parts; its fusion stage runs coarsest first, so
+# its layers.j is our fusion.{3-j}; its DPTModel.layernorm (applied to the last hidden state only, which the
+# segmentation head never reads) and the training-only auxiliary_head have no counterpart. Its ViT LayerNorm eps
+# is 1e-12 (DPTConfig's default) where ours is timm's 1e-6: with activations of unit scale this changes the
+# logits by far less than 1e-4 (tests/test_checkpoints.py measures it). Configs without BatchNorm in the residual
+# units (the depth checkpoints, which also have a depth head) do not fit and say so by their missing keys.
+# DPT-Hybrid (is_hybrid=True) does not map: transformers' BiT backbone pads its stride-2 convs and max pooling
+# "SAME" (asymmetric, 0 before and 1 after on even sizes; the 7x7 stem 2 and 3) where our ResNet pads
+# symmetrically, and standardizes each conv weight at run time; the only hybrid hub checkpoint,
+# Intel/dpt-hybrid-midas, is a depth model besides.
+_HF_LAYER = r"dpt\.encoder\.layer\.(\d+)\."
+_OUR_BLOCK = r"backbone.vit.blocks.\1."
+_HF_FUSION = r"neck\.fusion_stage\.layers\.{j}\."
+# Within a fusion layer: residual_layer1 refines the skip, residual_layer2 the sum; convolutionN and batch_normN
+# are the conv and the norm of our unit's convN.
+_FUSION = tuple((rf"residual_layer{r}\.{hf}(1|2)\.(\w+)", rf"{unit}.conv\1.{i}.\2")
+                for r, unit in ((1, "skip_unit"), (2, "unit")) for hf, i in (("convolution", 0), ("batch_norm", 1)))
+HF_KEYS = KeyMap("huggingface", (
+    (r"dpt\.embeddings\.cls_token", "backbone.vit.cls_token"),
+    (r"dpt\.embeddings\.position_embeddings", "backbone.vit.pos_embed"),
+    (r"dpt\.embeddings\.patch_embeddings\.projection\.(\w+)", r"backbone.vit.patch_embed.proj.\1"),
+    (_HF_LAYER + r"layernorm_before\.(\w+)", _OUR_BLOCK + r"norm1.\2"),
+    (_HF_LAYER + r"attention\.attention\.query\.(\w+)", _OUR_BLOCK + r"attn.qkv.\2#0"),
+    (_HF_LAYER + r"attention\.attention\.key\.(\w+)", _OUR_BLOCK + r"attn.qkv.\2#1"),
+    (_HF_LAYER + r"attention\.attention\.value\.(\w+)", _OUR_BLOCK + r"attn.qkv.\2#2"),
+    (_HF_LAYER + r"attention\.output\.dense\.(\w+)", _OUR_BLOCK + r"attn.proj.\2"),
+    (_HF_LAYER + r"layernorm_after\.(\w+)", _OUR_BLOCK + r"norm2.\2"),
+    (_HF_LAYER + r"intermediate\.dense\.(\w+)", _OUR_BLOCK + r"mlp.fc1.\2"),
+    (_HF_LAYER + r"output\.dense\.(\w+)", _OUR_BLOCK + r"mlp.fc2.\2"),
+    (r"neck\.reassemble_stage\.readout_projects\.(\d+)\.0\.(\w+)", r"backbone.readout.\1.project.0.\2"),
+    (r"neck\.reassemble_stage\.layers\.(\d+)\.projection\.(\w+)", r"head.reassemble.\1.0.\2"),
+    (r"neck\.reassemble_stage\.layers\.(\d+)\.resize\.(\w+)", r"head.reassemble.\1.1.\2"),
+    (r"neck\.convs\.(\d+)\.weight", r"head.project.\1.weight"),
+    *((_HF_FUSION.format(j=j) + hf, f"head.fusion.{3 - j}." + ours) for j in range(4)
+      for hf, ours in (*_FUSION, (r"projection\.(\w+)", r"out_conv.\1"))),
+    (r"head\.head\.0\.weight", "head.classifier.0.0.weight"),
+    (r"head\.head\.1\.(\w+)", r"head.classifier.0.1.\1"),
+    (r"head\.head\.4\.(\w+)", r"head.classifier.2.\1"),
+), drop=(r"dpt\.layernorm\.\w+", r"auxiliary_head\..+"),
+   note="transformers DPTForSemanticSegmentation (use_batch_norm_in_fusion_residual=True)")
+CHECKPOINT_KEYS = (HF_KEYS,)
+
 # The paper's DPT-Base (ViT-B/16 at 384 x 384, the reference code's "vitb16_384"), reassembled widths 96, 192, 384,
-# 768 as the reference code has them. DPT-Hybrid ("vitb_rn50_384") is in models/_wip_dpt_hybrid.py (not registered).
+# 768 as the reference code has them, and DPT-Large (ViT-L/16 at 384, "vitl16_384": blocks 6, 12, 18, 24, widths
+# 256, 512, 1024, 1024), the architecture of the one public ADE20K checkpoint (Intel/dpt-large-ade).
 
 _SMALL_VIT = dict(embed_dim=64, depth=4, num_heads=2, img_size=64, out_indices=(0, 1, 2, 3))
 
 
-@register_model("dpt", size_divisor=32, output_stride=1,
+@register_model("dpt", size_divisor=32, output_stride=1, checkpoints=CHECKPOINT_KEYS,
                 test_kwargs=dict(vit=_SMALL_VIT, reassemble_channels=(16, 32, 48, 64), features=32))
 def dpt_vit_b16(num_classes: int = 19, vit: dict | None = None, readout: str = "project",
                 reassemble_channels: Sequence[int] = (96, 192, 384, 768), features: int = 256) -> nn.Module:
     """DPT-Base: ViT-B/16 at 384, blocks 3, 6, 9, 12, project readout (111.2M parameters with 150 classes)."""
     args = dict(embed_dim=768, depth=12, num_heads=12, img_size=384, out_indices=(2, 5, 8, 11), final_norm=False)
+    encoder = ReadoutViT(VisionTransformer(**{**args, **(vit or {}), "final_norm": False}), readout)
+    return DPT(encoder, num_classes, reassemble_channels, features)
+
+
+@register_model("dpt", size_divisor=32, output_stride=1, checkpoints=CHECKPOINT_KEYS,
+                test_kwargs=dict(vit=_SMALL_VIT, reassemble_channels=(16, 32, 48, 64), features=32))
+def dpt_vit_l16(num_classes: int = 19, vit: dict | None = None, readout: str = "project",
+                reassemble_channels: Sequence[int] = (256, 512, 1024, 1024), features: int = 256) -> nn.Module:
+    """DPT-Large: ViT-L/16 at 384, blocks 6, 12, 18, 24, project readout (343.3M parameters with 150 classes)."""
+    args = dict(embed_dim=1024, depth=24, num_heads=16, img_size=384, out_indices=(5, 11, 17, 23))
     encoder = ReadoutViT(VisionTransformer(**{**args, **(vit or {}), "final_norm": False}), readout)
     return DPT(encoder, num_classes, reassemble_channels, features)
 

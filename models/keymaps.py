@@ -6,7 +6,9 @@ applies them. Reading files and choosing a table is export's job (export/compile
 A table is a list of ``(pattern, replacement)`` pairs of regular expressions over whole keys, tried in order,
 the first that matches wins. A replacement ending in ``#k`` names part ``k`` of one of our tensors: the parts
 are concatenated along dim 0 in ``k`` order (a key and a value projection stored apart, ours one ``kv``
-Linear). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
+Linear). The reverse, a replacement holding ``{a,b,c}``, names several of our tensors: the source tensor is
+cut along dim 0 into that many equal parts, in order (nn.MultiheadAttention's ``in_proj_weight``, query, key
+and value stacked, where ours are three Linears). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ class MappedState:
     state: dict[str, torch.Tensor]
     renamed: int = 0
     fused: list[str] = field(default_factory=list)  # our keys assembled from several source tensors
+    split: list[str] = field(default_factory=list)  # source keys cut into several of our tensors
     dropped: list[str] = field(default_factory=list)  # source keys left out by design
     unmapped: list[str] = field(default_factory=list)  # source keys no rule matched
 
@@ -56,7 +59,15 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: KeyMap | None) -> Map
             continue
         out.renamed += 1
         name, _, part = target.partition("#")
-        if part:
+        if "{" in name:
+            head, _, rest = name.partition("{")
+            choices, _, tail = rest.partition("}")
+            names = [head + c + tail for c in choices.split(",")]
+            # Equal parts; a length the count does not divide leaves pieces the model's shapes reject, by name.
+            for piece_name, piece in zip(names, value.chunk(len(names), dim=0)):
+                out.state[piece_name] = piece
+            out.split.append(key)
+        elif part:
             parts.setdefault(name, {})[int(part)] = value
         else:
             out.state[name] = value

@@ -20,6 +20,7 @@ from torch import nn
 
 from .backbones.resnet import resnet
 from .base import SegmentationModel
+from .keymaps import KeyMap
 from .ops.msda import multiscale_deformable_attention
 from .registry import register_model
 
@@ -272,12 +273,65 @@ class Mask2FormerHead(nn.Module):
         return self.decoder(mask_features, maps)  # (N, K, H/4, W/4)
 
 
+# Checkpoints trained elsewhere. Hugging Face transformers' Mask2FormerForUniversalSegmentation (transformers
+# 5.23.0, models/mask2former/modeling_mask2former.py) with a ResNet backbone (backbone_config a ResNetConfig,
+# layer_type "bottleneck", stages 1-4 out: models/resnet/modeling_resnet.py, stride on the 3x3 conv as ours).
+# Op for op ours: the same deformable pixel decoder (its encoder layers always sample 4 points at 3 levels), the
+# same decoder (its config's decoder_layers counts one more than the layers it builds: 10 for the 9 here), the
+# same masked attention (a query masked everywhere attends everywhere). Its cross-attention is an
+# nn.MultiheadAttention (query, key and value stacked in in_proj_*: our q, k and v Linears); its self-attention
+# keeps them apart. Its semantic output is ours before upsampling: softmax(class_queries_logits)[..., :-1]
+# summed over queries with sigmoid(masks_queries_logits) at stride 4 (its image processor's
+# post_process_semantic_segmentation instead resizes the mask logits to 384 x 384 before the sigmoid). The
+# loss's no-object weights (criterion.empty_weight) are training-only. Mask2FormerConfig lists only "swin" in
+# backbones_supported (a ResNet config builds, with a warning), and the facebook/mask2former-* checkpoints its
+# docs name are Swin: those do not fit (no Swin here), and say so by their missing backbone keys.
+_HF_PIXEL = r"model\.pixel_level_module\."
+_HF_RESNET = _HF_PIXEL + r"encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_HF_ENC = _HF_PIXEL + r"decoder\.encoder\.layers\.(\d+)\."
+_HF_DEC = r"model\.transformer_module\.decoder\.layers\.(\d+)\."
+_OUR_ENC, _OUR_DEC = r"head.pixel_decoder.encoder.\1.", r"head.decoder.layers.\1."
+_NORM_PARTS = (("convolution", 0), ("normalization", 1))  # a ResNetConvLayer: conv then BatchNorm
+HF_KEYS = KeyMap("huggingface", (
+    *((_HF_PIXEL + rf"encoder\.embedder\.embedder\.{hf}\.(\w+)", rf"backbone.stem.0.{i}.\1") for hf, i in _NORM_PARTS),
+    *((_HF_RESNET + rf"layer\.{j}\.{hf}\.(\w+)", rf"backbone.stages.\1.\2.conv{j + 1}.{i}.\3")
+      for j in range(3) for hf, i in _NORM_PARTS),
+    *((_HF_RESNET + rf"shortcut\.{hf}\.(\w+)", rf"backbone.stages.\1.\2.downsample.{i}.\3") for hf, i in _NORM_PARTS),
+    (_HF_PIXEL + r"decoder\.level_embed", "head.pixel_decoder.level_embed"),
+    (_HF_PIXEL + r"decoder\.input_projections\.(\d+)\.(\d)\.(\w+)", r"head.pixel_decoder.input_proj.\1.\2.\3"),
+    (_HF_ENC + r"self_attn\.(\w+)\.(\w+)", _OUR_ENC + r"self_attn.\2.\3"),
+    (_HF_ENC + r"self_attn_layer_norm\.(\w+)", _OUR_ENC + r"norm1.\2"),
+    (_HF_ENC + r"fc(1|2)\.(\w+)", _OUR_ENC + r"linear\2.\3"),
+    (_HF_ENC + r"final_layer_norm\.(\w+)", _OUR_ENC + r"norm2.\2"),
+    (_HF_PIXEL + r"decoder\.adapter_1\.(\d)\.(\w+)", r"head.pixel_decoder.lateral_conv.\1.\2"),
+    (_HF_PIXEL + r"decoder\.layer_1\.(\d)\.(\w+)", r"head.pixel_decoder.output_conv.\1.\2"),
+    (_HF_PIXEL + r"decoder\.mask_projection\.(\w+)", r"head.pixel_decoder.mask_features.\1"),
+    (r"model\.transformer_module\.queries_embedder\.weight", "head.decoder.query_embed.weight"),
+    (r"model\.transformer_module\.queries_features\.weight", "head.decoder.query_feat.weight"),
+    (r"model\.transformer_module\.level_embed\.weight", "head.decoder.level_embed.weight"),
+    (_HF_DEC + r"cross_attn\.in_proj_(weight|bias)", _OUR_DEC + r"cross_attn.{q,k,v}.\2"),
+    (_HF_DEC + r"cross_attn\.out_proj\.(\w+)", _OUR_DEC + r"cross_attn.proj.\2"),
+    (_HF_DEC + r"cross_attn_layer_norm\.(\w+)", _OUR_DEC + r"norm1.\2"),
+    (_HF_DEC + r"self_attn\.(q|k|v)_proj\.(\w+)", _OUR_DEC + r"self_attn.\2.\3"),
+    (_HF_DEC + r"self_attn\.out_proj\.(\w+)", _OUR_DEC + r"self_attn.proj.\2"),
+    (_HF_DEC + r"self_attn_layer_norm\.(\w+)", _OUR_DEC + r"norm2.\2"),
+    (_HF_DEC + r"fc(1|2)\.(\w+)", _OUR_DEC + r"linear\2.\3"),
+    (_HF_DEC + r"final_layer_norm\.(\w+)", _OUR_DEC + r"norm3.\2"),
+    (r"model\.transformer_module\.decoder\.layernorm\.(\w+)", r"head.decoder.decoder_norm.\1"),
+    # The mask MLP's Linears sit at 0, 1, 2 there, at 0, 2, 4 here (a ReLU between each pair).
+    *((rf"model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.{j}\.0\.(\w+)",
+       rf"head.decoder.mask_embed.{2 * j}.\1") for j in range(3)),
+    (r"class_predictor\.(\w+)", r"head.decoder.class_embed.\1"),
+), drop=(r"criterion\.empty_weight",),
+   note="transformers Mask2FormerForUniversalSegmentation with a ResNet backbone")
+CHECKPOINT_KEYS = (HF_KEYS,)
+
 _NARROW = {"base_width": 16, "stem_width": 16, "dim": 32, "encoder_layers": 1, "encoder_ffn": 64,
            "decoder_layers": 3, "decoder_ffn": 64, "queries": 10, "heads": 2, "points": 2}
 
 
 @register_model("mask2former", size_divisor=32, output_stride=4, test_kwargs=_NARROW,
-                custom_ops=("multiscale_deformable_attention",))
+                custom_ops=("multiscale_deformable_attention",), checkpoints=CHECKPOINT_KEYS)
 def mask2former_r50(num_classes: int = 19, base_width: int = 64, stem_width: int = 64, **kwargs) -> nn.Module:
     """Mask2Former, ResNet-50 (7x7 stem), deformable pixel decoder (6 layers), 9-layer masked-attention
     decoder with 100 queries; semantic inference."""

@@ -18,7 +18,7 @@ from export.compile.weights import import_weights
 from export.config import load_pipeline
 from export.errors import UserError
 from helpers import cli, tiny_pipeline
-from models import create_model
+from models import create_model, get_spec
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[test]'")
 
@@ -130,6 +130,165 @@ def test_another_architectures_checkpoint_names_the_keys(hf_segformer, tmp_path)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "do not fit bisenetv2 with num_classes=150: missing keys: backbone.detail" in result.stderr
     assert not (tmp_path / "w.pt").exists()
+
+
+# ------------------------------------------------------------------------ DPT (modeling_dpt.py, 5.23.0)
+
+def _randomise(model: torch.nn.Module) -> None:
+    """BatchNorm statistics and affine parameters, class token and position embeddings away from their initial
+    values (ones, zeros), so that each one's mapping shows in the logits."""
+    _randomise_batch_norms(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".batch_norm" in name or "head.head.1." in name or "cls_token" in name or "position_embeddings" in name:
+                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.2)
+
+
+def _hf_dpt_config(**kwargs):
+    """DPTConfig of the hub's ADE20K checkpoint (BatchNorm in the fusion residual units, 150 classes), at
+    dpt_vit_*'s test size: the ViT of dpt's _SMALL_VIT, reassembled widths 16-64, 32 fusion channels."""
+    labels = {i: f"class{i}" for i in range(150)}
+    args = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256, image_size=64,
+                backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 48, 64], fusion_hidden_size=32,
+                use_batch_norm_in_fusion_residual=True, num_labels=150, id2label=labels,
+                label2id={v: k for k, v in labels.items()})
+    return transformers.DPTConfig(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def hf_dpt(tmp_path_factory):
+    torch.manual_seed(0)
+    # Weights at 5x transformers' initial scale (std 0.1, not 0.02) give logits of order 1 (max |logit| 2.8), not
+    # 0.03, so that 1e-4 is a test.
+    model = transformers.DPTForSemanticSegmentation(_hf_dpt_config(initializer_range=0.1)).eval()
+    _randomise(model)
+    folder = tmp_path_factory.mktemp("hf") / "dpt-ade"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("name", ["dpt_vit_b16", "dpt_vit_l16"])
+def test_hf_dpt_imports_with_the_sources_logits(hf_dpt, name):
+    model, folder = hf_dpt
+    checkpoint = read_checkpoint(folder)
+    ours = create_model(name, num_classes=150, **get_spec(name).test_kwargs).eval()
+    report = import_weights(ours, name, checkpoint)
+    assert report.names == "huggingface" and report.loaded == len(ours.state_dict())
+    assert len(report.fused) == 8  # query, key, value -> qkv in each of the 4 blocks, weight and bias
+    assert sorted(report.left_out) == ["auxiliary_head.head.0.weight", "auxiliary_head.head.1.bias",
+                                       "auxiliary_head.head.1.num_batches_tracked", "auxiliary_head.head.1.running_mean",
+                                       "auxiliary_head.head.1.running_var", "auxiliary_head.head.1.weight",
+                                       "auxiliary_head.head.4.bias", "auxiliary_head.head.4.weight",
+                                       "dpt.layernorm.bias", "dpt.layernorm.weight"]
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 96, 96)  # square (transformers' reassembly assumes it); position grid resized 4 -> 6
+    with torch.no_grad():
+        error = (ours(images) - _hf_logits(model, images)).abs().max().item()
+    assert error <= 1e-4, error
+
+
+def test_hf_dpt_without_batch_norm_in_the_fusion_units_is_one_line(tmp_path):
+    model = transformers.DPTForSemanticSegmentation(_hf_dpt_config(use_batch_norm_in_fusion_residual=False))
+    model.save_pretrained(tmp_path / "dpt")
+    result = cli("import", str(tmp_path / "dpt"), "--model", "dpt_vit_b16", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit dpt_vit_b16 with num_classes=150" in result.stderr and "batch_norm" in result.stderr
+
+
+def test_hf_dpt_into_another_architecture_names_the_keys(hf_dpt, tmp_path):
+    _, folder = hf_dpt
+    result = cli("import", str(folder), "--model", "segformer_b0", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit segformer_b0 with num_classes=150: missing keys: backbone.stages" in result.stderr
+    assert not (tmp_path / "w.pt").exists()
+
+
+# ------------------------------------------------------- Mask2Former (modeling_mask2former.py, 5.23.0)
+
+def _hf_mask2former(**kwargs):
+    """Mask2FormerForUniversalSegmentation with a ResNet-50 backbone at mask2former_r50's test size (widths / 4,
+    one encoder layer, 3 decoder layers: transformers counts 4) and a 150-class head. Its loss, unused here,
+    asks for scipy at construction only (the Hungarian matcher); it is built without that check."""
+    from transformers.models.mask2former import modeling_mask2former
+
+    backbone = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[64, 128, 256, 512], depths=[3, 4, 6, 3],
+                                         layer_type="bottleneck", out_features=["stage1", "stage2", "stage3", "stage4"])
+    labels = {i: f"class{i}" for i in range(150)}
+    args = dict(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                encoder_feedforward_dim=64, encoder_layers=1, decoder_layers=4, num_attention_heads=2,
+                dim_feedforward=64, num_queries=10, num_labels=150, id2label=labels,
+                label2id={v: k for k, v in labels.items()})
+    config = transformers.Mask2FormerConfig(**{**args, **kwargs})
+    check = modeling_mask2former.requires_backends
+    modeling_mask2former.requires_backends = lambda *args, **kw: None
+    try:
+        return transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    finally:
+        modeling_mask2former.requires_backends = check
+
+
+@pytest.fixture(scope="module")
+def hf_mask2former(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _hf_mask2former()
+    _randomise_batch_norms(model)
+    with torch.no_grad():
+        # Peaked class probabilities (scores up to ~3, not ~0.04) and mask logits of unit scale, so that the
+        # masked attention masks about 60% of each level, not a coin toss at sigmoid(0) = 0.5.
+        model.class_predictor.weight.mul_(50)
+        model.model.transformer_module.decoder.mask_predictor.mask_embedder.layers[2].layers[0].weight.mul_(30)
+    folder = tmp_path_factory.mktemp("hf") / "mask2former-r50-ade"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _hf_semantic_scores(model, images: torch.Tensor) -> torch.Tensor:
+    """Mask2Former's semantic inference from transformers' outputs, as ours computes it: per pixel at stride 4,
+    sum_q softmax(class logits_q)[:-1] * sigmoid(mask logits_q), then bilinear to the input size."""
+    with torch.no_grad():
+        out = model(pixel_values=images)
+    scores = torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1],
+                          out.masks_queries_logits.sigmoid())
+    return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_hf_mask2former_r50_imports_with_the_sources_semantic_scores(hf_mask2former):
+    model, folder = hf_mask2former
+    checkpoint = read_checkpoint(folder)
+    assert checkpoint.classes == [f"class{i}" for i in range(150)]
+    # transformers' pixel-decoder encoder always samples 4 points per head and level.
+    ours = create_model("mask2former_r50", num_classes=150, **{**get_spec("mask2former_r50").test_kwargs, "points": 4})
+    report = import_weights(ours.eval(), "mask2former_r50", checkpoint)
+    assert report.names == "huggingface" and report.loaded == len(ours.state_dict())
+    assert len(report.split) == 6  # in_proj weight and bias of each of the 3 cross-attentions -> q, k, v
+    assert report.left_out == ["criterion.empty_weight"]
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        error = (ours(images) - _hf_semantic_scores(model, images)).abs().max().item()
+    assert error <= 1e-4, error
+
+
+def test_hf_mask2former_with_a_swin_backbone_is_one_line(tmp_path):
+    swin = transformers.SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], image_size=64,
+                                   out_features=["stage1", "stage2", "stage3", "stage4"])
+    _hf_mask2former(backbone_config=swin).save_pretrained(tmp_path / "m2f-swin")
+    result = cli("import", str(tmp_path / "m2f-swin"), "--model", "mask2former_r50", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "do not fit mask2former_r50 with num_classes=150: missing keys: backbone.stem" in result.stderr
+    assert not (tmp_path / "w.pt").exists()
+
+
+def test_a_key_map_cuts_one_fused_tensor_into_several():
+    from models.keymaps import KeyMap, apply_key_map
+
+    table = KeyMap("test", ((r"attn\.in_proj_(weight|bias)", r"attn.{q,k,v}.\1"),))
+    weight, bias = torch.arange(12.0).reshape(6, 2), torch.arange(6.0)
+    mapped = apply_key_map({"attn.in_proj_weight": weight, "attn.in_proj_bias": bias}, table)
+    assert mapped.split == ["attn.in_proj_weight", "attn.in_proj_bias"] and mapped.renamed == 2
+    for i, part in enumerate("qkv"):
+        assert torch.equal(mapped.state[f"attn.{part}.weight"], weight[2 * i:2 * i + 2])
+        assert torch.equal(mapped.state[f"attn.{part}.bias"], bias[2 * i:2 * i + 2])
 
 
 # ------------------------------------------------------------------------------ .pth files, read safely

@@ -26,13 +26,15 @@ class ImportReport:
     names: str  # whose key names: 'ours' or a table's source
     loaded: int  # our keys set from the checkpoint
     fused: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)  # source tensors cut into several of ours
     reshaped: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # source keys with no counterpart by design
     not_loaded: list[str] = field(default_factory=list)  # our training-only keys the checkpoint lacks
 
     def lines(self) -> list[str]:
         out = [f"detected: {self.layout} checkpoint, {self.names} key names",
-               f"mapped: {self.loaded} tensors" + (f" ({len(self.fused)} fused from split tensors)" if self.fused else "")]
+               f"mapped: {self.loaded} tensors" + (f" ({len(self.fused)} fused from split tensors)" if self.fused else "")
+               + (f" ({len(self.split)} source tensors split into parts)" if self.split else "")]
         if self.reshaped:
             out.append(f"reshaped: {len(self.reshaped)} ({_few(self.reshaped)}): singleton dimensions only")
         if self.left_out:
@@ -99,4 +101,4 @@ def import_weights(model: torch.nn.Module, name: str, checkpoint: Checkpoint, wh
                         f"{what or name}: " + "; ".join(p for p in parts if p))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return ImportReport(checkpoint.layout, "ours" if table is None else table.source, len(state), mapped.fused,
-                        reshaped, mapped.dropped, sorted(k for k in optional if k not in state))
+                        mapped.split, reshaped, mapped.dropped, sorted(k for k in optional if k not in state))
