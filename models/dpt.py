@@ -174,7 +174,7 @@ class DPTHead(nn.Module):
 
 
 class DPT(SegmentationModel):
-    """An encoder returning four maps (``ReadoutViT``; DPT-Hybrid's ``HybridViT`` in models/_wip_dpt_hybrid.py) + ``DPTHead``."""
+    """An encoder returning four maps (``ReadoutViT``; DPT-Hybrid's ``HybridViT`` below) + ``DPTHead``."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, reassemble_channels: Sequence[int | None],
                  features: int = 256) -> None:
