@@ -114,10 +114,11 @@ def check_manifest(manifest: Mapping[str, Any], path: Path, device: Mapping[str,
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    """How to build a TensorRT engine for a graph with one input ``images`` of shape (N, 3, H, W).
+    """How to build a TensorRT engine for a graph with one input, ``input_name``: ``images`` (N, 3, H, W) as
+    python -m export writes it, or ``frames`` (N, H, W, 3) uint8 when pre/post-processing is embedded.
 
-    ``min_shape``/``opt_shape``/``max_shape`` form the optimization profile: the engine accepts any shape
-    between min and max (per dimension) and is tuned for opt. Use ``TensorRTOptions.fixed(shape)`` for one
+    ``min_shape``/``opt_shape``/``max_shape`` form the optimization profile of that input: the engine accepts any
+    shape between min and max (per dimension) and is tuned for opt. Use ``TensorRTOptions.fixed(shape)`` for one
     size. ``dla_core`` runs layers on that DLA core, with GPU fallback for the rest (Jetson AGX Xavier/Orin
     only). ``version_compatible`` lets newer TensorRT runtimes load the engine; ``hardware_compatibility=
     "ampere_plus"`` lets other Ampere-or-newer GPUs load it; both cost speed. ``timing_cache`` is a file
@@ -133,6 +134,7 @@ class TensorRTOptions:
     hardware_compatibility: str | None = None
     timing_cache: Path | None = None
     builder_optimization_level: int | None = None
+    input_name: str = INPUT_NAME
 
     @classmethod
     def fixed(cls, shape: Shape, **kwargs: Any) -> "TensorRTOptions":
@@ -145,13 +147,12 @@ class TensorRTOptions:
             value = getattr(self, name)
             shape = tuple(value) if isinstance(value, (tuple, list)) else ()
             if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-                raise ValueError(f"{name}={value!r}: expected 4 positive integers (N, 3, H, W) for input "
-                                 f"'{INPUT_NAME}'")
+                raise ValueError(f"{name}={value!r}: expected 4 positive integers for input '{self.input_name}'")
             object.__setattr__(self, name, shape)  # lists (from YAML) become tuples
             shapes[name] = shape
         for axis, (lo, opt, hi) in enumerate(zip(shapes["min_shape"], shapes["opt_shape"], shapes["max_shape"])):
             if not lo <= opt <= hi:
-                raise ValueError(f"dimension {axis} of input '{INPUT_NAME}' must satisfy min <= opt <= max, got "
+                raise ValueError(f"dimension {axis} of input '{self.input_name}' must satisfy min <= opt <= max, got "
                                  f"min={lo}, opt={opt}, max={hi} (min_shape={shapes['min_shape']}, "
                                  f"opt_shape={shapes['opt_shape']}, max_shape={shapes['max_shape']})")
         if not isinstance(self.workspace_mib, int) or self.workspace_mib <= 0:
@@ -247,25 +248,32 @@ def _create_config(trt: Any, builder: Any, network: Any, options: TensorRTOption
 
 def _add_profile(builder: Any, network: Any, config: Any, options: TensorRTOptions, onnx_path: Path) -> None:
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    names = [tensor.name for tensor in inputs]
-    if names != [INPUT_NAME]:
-        raise EngineError(f"{onnx_path} has inputs {names}; expected exactly one input '{INPUT_NAME}' "
-                          "(N, 3, H, W), as python -m export writes")
-    graph_shape = tuple(inputs[0].shape)
-    if len(graph_shape) != 4:
-        raise EngineError(f"input '{INPUT_NAME}' of {onnx_path} has shape {graph_shape}; expected (N, 3, H, W)")
-    wanted = (options.min_shape, options.opt_shape, options.max_shape)
-    for axis, dim in enumerate(graph_shape):
-        if dim >= 0 and any(shape[axis] != dim for shape in wanted):  # -1 marks a dynamic dimension
-            raise EngineError(
-                f"input '{INPUT_NAME}' of {onnx_path} has fixed size {dim} in dimension {axis} (shape "
-                f"{graph_shape}), but the options ask for min/opt/max {[s[axis] for s in wanted]}; change the "
-                "options or export the graph with that dimension dynamic")
+    check_profile([tensor.name for tensor in inputs], tuple(inputs[0].shape) if inputs else (), options, onnx_path)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *wanted)
+    profile.set_shape(options.input_name, options.min_shape, options.opt_shape, options.max_shape)
     if config.add_optimization_profile(profile) < 0:
         raise EngineError(f"TensorRT rejected the optimization profile min={options.min_shape}, "
                           f"opt={options.opt_shape}, max={options.max_shape} for {onnx_path}")
+
+
+def check_profile(input_names: list[str], graph_shape: tuple[int, ...], options: TensorRTOptions,
+                  onnx_path: Path) -> None:
+    """Refuse options whose profile does not fit the parsed network: one input named ``options.input_name``, of
+    rank 4, and every fixed dimension (-1 marks a dynamic one) equal in min, opt and max."""
+    name = options.input_name
+    if input_names != [name]:
+        raise EngineError(f"{onnx_path} has inputs {input_names}; the options profile exactly one input '{name}' "
+                          "(images (N, 3, H, W), or frames (N, H, W, 3) with embed_pre_post), as python -m export "
+                          "writes: set TensorRTOptions(input_name=...)")
+    if len(graph_shape) != 4:
+        raise EngineError(f"input '{name}' of {onnx_path} has shape {graph_shape}; expected 4 dimensions")
+    wanted = (options.min_shape, options.opt_shape, options.max_shape)
+    for axis, dim in enumerate(graph_shape):
+        if dim >= 0 and any(shape[axis] != dim for shape in wanted):
+            raise EngineError(
+                f"input '{name}' of {onnx_path} has fixed size {dim} in dimension {axis} (shape "
+                f"{graph_shape}), but the options ask for min/opt/max {[s[axis] for s in wanted]}; change the "
+                "options or export the graph with that dimension dynamic")
 
 
 def _use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:

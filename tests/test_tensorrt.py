@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import EngineError
-from engines.tensorrt import (TensorRTOptions, TensorRTRunner, Ticket, TicketQueue, build_engine, device_info,
-                              unavailable_reason)
+from engines.tensorrt import (TensorRTOptions, TensorRTRunner, Ticket, TicketQueue, build_engine, check_profile,
+                              device_info, unavailable_reason)
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = unavailable_reason()
@@ -374,3 +374,44 @@ def test_plan_for_this_machine_is_accepted(options, device):
     from engines.tensorrt import check_manifest
 
     check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+
+
+# embed_pre_post: the TensorRT-bound graph takes uint8 frames (N, H, W, 3) and returns a uint8 class map.
+def test_profile_of_an_embedded_pre_post_graph_is_for_its_frames():
+    from export.compile.backends import tensorrt_profile
+    from export.config import InputSize, ModelConfig
+
+    size = InputSize(size=[64, 96], min=[32, 64], max=[128, 192])
+    plain = tensorrt_profile(ModelConfig("bisenetv2", input=size))
+    assert plain == {"input_name": "images", "min_shape": (1, 3, 32, 64), "opt_shape": (1, 3, 64, 96),
+                     "max_shape": (1, 3, 128, 192)}
+    embedded = tensorrt_profile(ModelConfig("bisenetv2", input=size, embed_pre_post=True))
+    assert embedded == {"input_name": "frames", "min_shape": (1, 32, 64, 3), "opt_shape": (1, 64, 96, 3),
+                        "max_shape": (1, 128, 192, 3)}
+    options = TensorRTOptions(**embedded)
+    # What the parsed network of an embedded graph looks like: one input 'frames', N/H/W dynamic, 3 channels last.
+    check_profile(["frames"], (-1, -1, -1, 3), options, Path("fp16.onnx"))
+    with pytest.raises(EngineError, match=r"has inputs \['images'\]; the options profile exactly one input 'frames'"):
+        check_profile(["images"], (-1, 3, -1, -1), options, Path("fp16.onnx"))
+    with pytest.raises(EngineError, match="fixed size 3 in dimension 3"):  # a channels-first profile on frames
+        check_profile(["frames"], (-1, -1, -1, 3), TensorRTOptions(**{**plain, "input_name": "frames"}),
+                      Path("fp16.onnx"))
+
+
+def test_embedded_pre_post_graph_passes_tensorrt_type_rules_and_computes_the_class_map(tmp_path):
+    import onnxruntime as ort
+
+    from export.compile.compat import check_tensorrt_compat
+    from export.compile.pre_post import embed_pre_post
+
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    embedded = embed_pre_post(onnx.load(onnx_path), mean, std)
+    for version in ("10.3", "11.1"):
+        assert check_tensorrt_compat(embedded, version) == [], version
+    frames = np.random.default_rng(0).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    session = ort.InferenceSession(embedded.SerializeToString(), providers=["CPUExecutionProvider"])
+    classes = session.run(["classes"], {"frames": frames})[0]
+    images = ((frames.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, reference(onnx_path, images).argmax(1))

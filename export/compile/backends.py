@@ -19,6 +19,7 @@ from engines.cpu import this_cpu
 
 from ..config import ModelConfig, Pipeline
 from ..errors import UserError
+from .pre_post import FRAMES
 
 
 @dataclass
@@ -99,11 +100,10 @@ class TensorRTBackend(Backend):
     def compile(self, ctx, graph, precision):
         from engines import tensorrt as trt_engine
 
-        settings, size = ctx.pipeline.tensorrt, ctx.cfg.input
+        settings = ctx.pipeline.tensorrt
         graph_path = layout.precision_graph(ctx.out, ctx.cfg.name, self.target, precision)
         options = trt_engine.TensorRTOptions(
-            min_shape=(1, 3, *(size.min or size.size)), opt_shape=(1, 3, *size.size),
-            max_shape=(1, 3, *(size.max or size.size)), workspace_mib=settings.workspace_mib,
+            **tensorrt_profile(ctx.cfg), workspace_mib=settings.workspace_mib,
             dla_core=settings.dla_core, version_compatible=settings.version_compatible,
             hardware_compatibility=settings.hardware_compatibility,
             timing_cache=Path(ctx.out) / settings.timing_cache,
@@ -120,6 +120,19 @@ class TensorRTBackend(Backend):
         finally:
             tmp.unlink(missing_ok=True)
         return Compiled(plan, parity, trt_engine.device_info())
+
+
+def tensorrt_profile(cfg: ModelConfig) -> dict:
+    """The optimization profile of the TensorRT-bound graph's one input, at batch 1 (the exported graph fixes N = 1):
+    normalized ``images`` (1, 3, H, W), or with ``embed_pre_post`` uint8 ``frames`` (1, H, W, 3)
+    (export/compile/pre_post.py); H and W from ``input.min``/``size``/``max``."""
+    size = cfg.input
+
+    def shape(hw: list[int]) -> tuple[int, int, int, int]:
+        return (1, *hw, 3) if cfg.embed_pre_post else (1, 3, *hw)
+
+    return {"input_name": FRAMES if cfg.embed_pre_post else "images", "min_shape": shape(size.min or size.size),
+            "opt_shape": shape(size.size), "max_shape": shape(size.max or size.size)}
 
 
 class TensorRTGraph(TensorRTBackend):
