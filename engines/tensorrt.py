@@ -17,6 +17,7 @@ import contextlib
 import functools
 import math
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -69,45 +70,113 @@ def unavailable_reason() -> str | None:
 
 
 def device_info() -> dict[str, str]:
-    """TensorRT version and the GPU engines are built for (device 0), for manifests: an engine is tied to both
-    unless built version- or hardware-compatible. Raises EngineError where TensorRT cannot run."""
+    """TensorRT version, GPU (device 0) and platform engines are built for, for manifests: a plan is tied to all of
+    them unless built version- or hardware-compatible, and to the platform always (see ``check_manifest``).
+    Raises EngineError where TensorRT cannot run."""
     _require_tensorrt()
     import pycuda.driver as cuda
     import tensorrt as trt
 
     device = cuda.Device(0)
     major, minor = device.compute_capability()
+    integrated = bool(device.get_attribute(cuda.device_attribute.INTEGRATED))  # Jetson (Tegra) iGPU: 1
     return {"tensorrt_version": trt.__version__, "gpu_name": device.name(),
-            "compute_capability": f"{major}.{minor}"}
+            "compute_capability": f"{major}.{minor}", **host_platform(integrated)}
+
+
+def host_platform(integrated_gpu: bool) -> dict[str, str]:
+    """The platform half of ``device_info``: OS, CPU architecture and whether the GPU is a Jetson's integrated one
+    or a discrete card. Serialized engines are not portable across platforms (Support Matrix, Engine Portability)."""
+    return {"os": platform.system(), "cpu_arch": platform.machine(),
+            "gpu_kind": "integrated" if integrated_gpu else "discrete"}
+
+
+# Version-compatible plans across major versions: only these (built, runtime) pairs are documented
+# ("TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and TensorRT 8 version-compatible
+# engines can run with a TensorRT 10 runtime. No other combination across major versions is supported.",
+# TensorRT 11.4.1 Support Matrix, Engine Portability). Within a major, a plan runs on the same or a later version.
+VERSION_COMPATIBLE_ACROSS_MAJORS = frozenset({(8, 10), (10, 11)})
+
+
+def version_problem(built: str, runtime: str, version_compatible: bool) -> str | None:
+    """Why a plan built with TensorRT ``built`` cannot be loaded by TensorRT ``runtime``; None when it can.
+
+    Without version compatibility a plan loads only on the exact version that built it (TensorRT #2195, #2072:
+    "Version tag does not match"). With it, "engines ... compatible with later TensorRT versions" and "engines built
+    with newer versions ... do not work with older runtimes" (Developer Guide, Version Compatibility; 11.1
+    Engine Compatibility): the runtime must be the same or later, compared to the patch and build number, in the
+    same major or in a documented pair of majors (VERSION_COMPATIBLE_ACROSS_MAJORS).
+    """
+    b, r = _version(built), _version(runtime)
+    if not version_compatible:
+        return None if b == r else f"was built with TensorRT {built}, this machine has {runtime}"
+    if r < b:
+        return (f"was built version-compatible with TensorRT {built}, which runs on the same or later TensorRT "
+                f"versions only, not on this machine's older {runtime}")
+    if b[0] != r[0] and (b[0], r[0]) not in VERSION_COMPATIBLE_ACROSS_MAJORS:
+        pairs = ", ".join(f"{x} -> {y}" for x, y in sorted(VERSION_COMPATIBLE_ACROSS_MAJORS))
+        return (f"was built version-compatible with TensorRT {built}; across major versions TensorRT supports only "
+                f"{pairs}, not {b[0]} -> {r[0]}")
+    return None
+
+
+def platform_problem(built: Mapping[str, str], here: Mapping[str, str]) -> str | None:
+    """Why a plan built on platform ``built`` cannot run on ``here`` (device_info dicts); None when it can. No
+    build option lifts this: "Serialized engines are not portable across platforms" (Support Matrix, Engine
+    Portability, 10.x and 11.x), and a Jetson's integrated GPU and a discrete card are different platforms even with
+    the same OS and CPU architecture (their TensorRT packages differ: JetPack's, or the SBSA/x86-64 builds)."""
+    keys = ("os", "cpu_arch", "gpu_kind")
+    if any(k not in built for k in keys):
+        return "records no build platform (OS, CPU architecture, Jetson or discrete GPU): it predates these checks"
+    if all(built[k] == here[k] for k in keys):
+        return None
+    return f"was built on {_platform_name(built)}, this machine is {_platform_name(here)}"
+
+
+def gpu_problem(built: Mapping[str, str], here: Mapping[str, str], hardware_compatibility: str | None) -> str | None:
+    """Why a plan built for the GPU ``built`` cannot run on the GPU ``here``; None when it can. Without hardware
+    compatibility, only on the same GPU; with ``ampere_plus``, on any GPU of compute capability 8.0 or newer
+    (NvInfer.h, HardwareCompatibilityLevel::kAMPERE_PLUS: "compatible with Ampere and newer GPUs")."""
+    if hardware_compatibility == "ampere_plus":
+        if _version(here["compute_capability"])[:2] < (8, 0):
+            return (f"was built for Ampere or newer GPUs, this {here['gpu_name']} has compute capability "
+                    f"{here['compute_capability']}")
+        return None
+    if (built.get("gpu_name"), built.get("compute_capability")) != (here["gpu_name"], here["compute_capability"]):
+        return (f"was built for {built.get('gpu_name')} (compute capability {built.get('compute_capability')}), this "
+                f"GPU is {here['gpu_name']} ({here['compute_capability']})")
+    return None
+
+
+def build_problem(options: "TensorRTOptions", device: Mapping[str, str]) -> str | None:
+    """Why ``options`` cannot be built on ``device`` (a device_info dict); None when they can. ``ampere_plus`` "is
+    only supported for engines built on NVIDIA Ampere and later GPUs" (NvInfer.h, kAMPERE_PLUS, 11.1; 10.3 says it of
+    every level but kNONE)."""
+    if options.hardware_compatibility == "ampere_plus" and _version(device["compute_capability"])[:2] < (8, 0):
+        return (f"hardware_compatibility='ampere_plus' is built only on Ampere or newer GPUs, and this "
+                f"{device['gpu_name']} has compute capability {device['compute_capability']}: build on an Ampere-or-"
+                "newer GPU, or set hardware_compatibility to None")
+    return None
 
 
 def check_manifest(manifest: Mapping[str, Any], path: Path, device: Mapping[str, str]) -> None:
-    """Refuse a plan built for another TensorRT version or GPU, before TensorRT fails on it less clearly.
-
-    A plan is tied to both (TensorRT #2195, #2072: "Version tag does not match") unless it was built
-    version-compatible (loads on later TensorRT versions of the same major) or hardware-compatible
-    (``ampere_plus``: any GPU of compute capability 8.0 or newer).
-    """
-    rebuild = f"rebuild it on this machine with python -m export build --force --models {manifest.get('model', '?')}"
+    """Refuse a plan built for another platform, TensorRT version or GPU, before TensorRT fails on it less clearly
+    (``device`` is this machine's ``device_info``). The rules and their sources: docs/tensorrt.md, Portability."""
     options = manifest.get("tensorrt") or {}
-    built_version = str(manifest.get("backend_version"))
-    here_version = device["tensorrt_version"]
-    if options.get("version_compatible"):
-        if _major_minor(here_version)[0] != _major_minor(built_version)[0] or \
-                _major_minor(here_version) < _major_minor(built_version):
-            raise EngineError(f"engine {path} was built version-compatible with TensorRT {built_version}, which does "
-                              f"not extend to TensorRT {here_version}; {rebuild}")
-    elif built_version != here_version:
-        raise EngineError(f"engine {path} was built with TensorRT {built_version}, this machine has {here_version}; {rebuild}")
     built = manifest.get("device") or {}
-    if options.get("hardware_compatibility") == "ampere_plus":
-        if _major_minor(device["compute_capability"]) < (8, 0):
-            raise EngineError(f"engine {path} was built for Ampere or newer GPUs, this {device['gpu_name']} has "
-                              f"compute capability {device['compute_capability']}; {rebuild}")
-    elif (built.get("gpu_name"), built.get("compute_capability")) != (device["gpu_name"], device["compute_capability"]):
-        raise EngineError(f"engine {path} was built for {built.get('gpu_name')} (compute capability "
-                          f"{built.get('compute_capability')}), this GPU is {device['gpu_name']} "
-                          f"({device['compute_capability']}); {rebuild}")
+    problems = [platform_problem(built, device),
+                version_problem(str(manifest.get("backend_version")), device["tensorrt_version"],
+                                bool(options.get("version_compatible"))),
+                gpu_problem(built, device, options.get("hardware_compatibility"))]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise EngineError(f"engine {path} {problem}; rebuild it on this machine with python -m export build --force "
+                          f"--models {manifest.get('model', '?')}")
+
+
+def _platform_name(info: Mapping[str, str]) -> str:
+    gpu = "a Jetson's integrated GPU" if info.get("gpu_kind") == "integrated" else "a discrete GPU"
+    return f"{info.get('os')} {info.get('cpu_arch')} with {gpu}"
 
 
 # ---------------------------------------------------------------------------------------------- build options
@@ -185,6 +254,9 @@ def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> byte
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineError(f"ONNX file {onnx_path} not found; export it first with python -m export")
+    problem = build_problem(options, device_info())
+    if problem:
+        raise EngineError(problem)
     logger = _logger()
     trt.init_libnvinfer_plugins(logger, "")  # before parsing: ONNX nodes named like a plugin become that plugin
     builder = trt.Builder(logger)
@@ -665,8 +737,14 @@ def _numpy_dtype(trt: Any, trt_dtype: Any, name: str) -> np.dtype:
 
 def _major_minor(version: str) -> tuple[int, int]:
     """'10.3.0.26' -> (10, 3); unparsable parts count as 0."""
-    parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in str(version).split(".")[:2]]
-    return tuple(parts + [0] * (2 - len(parts)))
+    return _version(version)[:2]
+
+
+def _version(version: str) -> tuple[int, int, int, int]:
+    """'10.3.0.26' -> (10, 3, 0, 26), '11.1' -> (11, 1, 0, 0): major, minor, patch, build; unparsable parts count
+    as 0, so versions written with fewer parts compare as their zero-padded form."""
+    parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in str(version).split(".")[:4]]
+    return tuple(parts + [0] * (4 - len(parts)))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -335,45 +335,78 @@ def test_deactivate_with_frames_in_flight_frees_them_and_invalidates_their_ticke
 @needs_tensorrt
 def test_device_info_describes_the_gpu():
     info = device_info()
-    assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability"}
+    assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability", "os", "cpu_arch", "gpu_kind"}
     major, minor = info["compute_capability"].split(".")
     assert major.isdigit() and minor.isdigit() and info["gpu_name"]
 
 
 # Manifest checks run everywhere: they compare what a plan was built for with what this machine has.
-ORIN = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+ORIN = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
+        "os": "Linux", "cpu_arch": "aarch64", "gpu_kind": "integrated"}
+RTX = {"tensorrt_version": "10.3.0", "gpu_name": "RTX 4090", "compute_capability": "8.9",
+       "os": "Linux", "cpu_arch": "x86_64", "gpu_kind": "discrete"}
 
 
-def plan_manifest(**tensorrt_options):
-    return {"model": "bisenetv2", "backend": "tensorrt", "backend_version": "10.3.0",
-            "device": {"gpu_name": "Orin", "compute_capability": "8.7"},
+def plan_manifest(device=ORIN, version="10.3.0", **tensorrt_options):
+    return {"model": "bisenetv2", "backend": "tensorrt", "backend_version": version,
+            "device": {k: v for k, v in device.items() if k != "tensorrt_version"},
             "tensorrt": {"version_compatible": False, "hardware_compatibility": None, **tensorrt_options}}
 
 
-@pytest.mark.parametrize("options, device, message", [
-    ({}, {**ORIN, "tensorrt_version": "10.13.0"}, "built with TensorRT 10.3.0, this machine has 10.13.0"),
-    ({}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}, "built for Orin (compute capability 8.7)"),
-    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "11.1.0"}, "does not extend to TensorRT 11.1.0"),
-    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
+@pytest.mark.parametrize("manifest, device, message", [
+    (plan_manifest(), {**ORIN, "tensorrt_version": "10.13.0"}, "built with TensorRT 10.3.0, this machine has 10.13.0"),
+    (plan_manifest(), {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
+     "built for Orin (compute capability 8.7), this GPU is Xavier (7.2)"),
+    # Version compatibility promises later runtimes only: to the patch and build number, and never backwards.
+    (plan_manifest(version="10.3.0.30", version_compatible=True), {**ORIN, "tensorrt_version": "10.3.0.26"},
+     "runs on the same or later TensorRT versions only, not on this machine's older 10.3.0.26"),
+    (plan_manifest(version="11.1.0", version_compatible=True), {**ORIN, "tensorrt_version": "10.16.1"},
+     "not on this machine's older 10.16.1"),
+    (plan_manifest(version="8.6.1", version_compatible=True), {**ORIN, "tensorrt_version": "11.1.0"},
+     "only 8 -> 10, 10 -> 11, not 8 -> 11"),
+    (plan_manifest(hardware_compatibility="ampere_plus"), {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
      "built for Ampere or newer GPUs"),
+    # Platforms: no option makes a plan portable across them, hardware compatibility included.
+    (plan_manifest(RTX, hardware_compatibility="ampere_plus"), ORIN,
+     "built on Linux x86_64 with a discrete GPU, this machine is Linux aarch64 with a Jetson's integrated GPU"),
+    (plan_manifest({**RTX, "cpu_arch": "aarch64"}, version_compatible=True, hardware_compatibility="ampere_plus"),
+     ORIN, "with a discrete GPU, this machine is Linux aarch64 with a Jetson's integrated GPU"),
+    (plan_manifest({**RTX, "os": "Windows", "cpu_arch": "AMD64"}), RTX, "built on Windows AMD64"),
+    ({**plan_manifest(), "device": {"gpu_name": "Orin", "compute_capability": "8.7"}}, ORIN,
+     "records no build platform"),
 ])
-def test_plan_built_for_another_machine_is_refused(options, device, message):
+def test_plan_built_for_another_machine_is_refused(manifest, device, message):
     from engines.tensorrt import check_manifest
 
     with pytest.raises(EngineError, match="rebuild it on this machine") as info:
-        check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+        check_manifest(manifest, Path("fp16.plan"), device)
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("options, device", [
-    ({}, ORIN),
-    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "10.16.1"}),
-    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}),
+@pytest.mark.parametrize("manifest, device", [
+    (plan_manifest(), ORIN),
+    (plan_manifest(version="10.3.0"), {**ORIN, "tensorrt_version": "10.3.0.0"}),  # the same version, spelt longer
+    (plan_manifest(version_compatible=True), {**ORIN, "tensorrt_version": "10.16.1"}),
+    (plan_manifest(version="10.3.0.26", version_compatible=True), {**ORIN, "tensorrt_version": "10.3.0.30"}),
+    # TensorRT 10 version-compatible plans run on TensorRT 11 (11.4.1 Support Matrix, Engine Portability).
+    (plan_manifest(version_compatible=True), {**ORIN, "tensorrt_version": "11.1.0"}),
+    (plan_manifest(RTX, hardware_compatibility="ampere_plus"), {**RTX, "gpu_name": "A100", "compute_capability": "8.0"}),
+    (plan_manifest(RTX, version_compatible=True, hardware_compatibility="ampere_plus"),
+     {**RTX, "tensorrt_version": "11.4.1", "gpu_name": "H100", "compute_capability": "9.0"}),
 ])
-def test_plan_for_this_machine_is_accepted(options, device):
+def test_plan_for_this_machine_is_accepted(manifest, device):
     from engines.tensorrt import check_manifest
 
-    check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+    check_manifest(manifest, Path("fp16.plan"), device)
+
+
+def test_host_platform_names_os_cpu_and_gpu_kind():
+    import platform
+
+    from engines.tensorrt import host_platform
+
+    assert host_platform(True) == {"os": platform.system(), "cpu_arch": platform.machine(), "gpu_kind": "integrated"}
+    assert host_platform(False)["gpu_kind"] == "discrete"
 
 
 # embed_pre_post: the TensorRT-bound graph takes uint8 frames (N, H, W, 3) and returns a uint8 class map.
@@ -415,3 +448,12 @@ def test_embedded_pre_post_graph_passes_tensorrt_type_rules_and_computes_the_cla
     images = ((frames.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
     assert classes.dtype == np.uint8
     np.testing.assert_array_equal(classes, reference(onnx_path, images).argmax(1))
+def test_ampere_plus_is_refused_before_building_on_an_older_gpu():
+    from engines.tensorrt import build_problem
+
+    options = TensorRTOptions.fixed((1, 3, 64, 64), hardware_compatibility="ampere_plus")
+    xavier = {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"}
+    assert "only on Ampere or newer GPUs" in build_problem(options, xavier)
+    assert build_problem(options, ORIN) is None and build_problem(TensorRTOptions.fixed((1, 3, 64, 64)), xavier) is None
+
+
