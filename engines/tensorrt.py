@@ -241,12 +241,28 @@ class TensorRTOptions:
 
 # ---------------------------------------------------------------------------------------------- build
 
+@dataclass(frozen=True)
+class Built:
+    """What ``build`` returns: the plan, where its timing cache lives and whether the file's entries were used, and,
+    for DLA builds, where the layers run (``dla_report``)."""
+
+    plan: bytes
+    timing_cache: Path | None = None  # the per-device file (timing_cache_file), None without a timing cache
+    timing_cache_status: str | None = None  # "loaded" (its entries were used), "new" (no file yet), "rejected"
+    dla: dict | None = None
+
+
 def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> bytes:
-    """Compile an ONNX graph into a serialized TensorRT engine (a plan) for this machine's GPU.
+    """Compile an ONNX graph into a serialized TensorRT engine (a plan) for this machine's GPU: ``build(...).plan``."""
+    return build(onnx_path, options).plan
+
+
+def build(onnx_path: str | os.PathLike, options: TensorRTOptions) -> Built:
+    """Compile an ONNX graph into a plan for this machine's GPU, and say how the build went (``Built``).
 
     Steps, each small, as Polygraphy's loaders do: create a strongly typed network, parse the ONNX file,
-    configure the builder (workspace, optimization profile, DLA, compatibility, timing cache), build, and
-    save the updated timing cache.
+    configure the builder (workspace, optimization profile, DLA, compatibility, timing cache), build, merge the
+    timing cache into its file, and for DLA report where each layer runs.
     """
     _require_tensorrt()
     import tensorrt as trt
@@ -254,7 +270,8 @@ def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> byte
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineError(f"ONNX file {onnx_path} not found; export it first with python -m export")
-    problem = build_problem(options, device_info())
+    device = device_info()
+    problem = build_problem(options, device)
     if problem:
         raise EngineError(problem)
     logger = _logger()
@@ -266,16 +283,30 @@ def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> byte
     # Builder, network and parser stay alive together until the build is done, as Polygraphy keeps them.
     parser = _parse_onnx(trt, network, logger, onnx_path)
     config = _create_config(trt, builder, network, options, onnx_path)
+    cache_path = status = None
+    if options.timing_cache is not None:
+        cache_path = timing_cache_file(options.timing_cache, device)
+        status = _load_timing_cache(config, cache_path)
+    placement = _network_placement(network, config) if options.dla_core is not None else None
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(
             f"TensorRT could not build an engine from {onnx_path}; the TensorRT log above says why. Common causes: "
             f"an operator TensorRT does not take (see docs/tensorrt.md), workspace_mib={options.workspace_mib} too "
             "small, or a DLA/compatibility option this GPU does not support")
-    if options.timing_cache is not None:
-        _save_timing_cache(config, options.timing_cache)
+    plan = bytes(plan)
+    if cache_path is not None:
+        cache = config.get_timing_cache()
+        if cache is not None:
+            save_timing_cache(cache, cache_path, config.create_timing_cache)
     del parser
-    return bytes(plan)
+    dla = None
+    if placement is not None:
+        dla = dla_report(options.dla_core, placement, _inspect(trt, plan, options))
+        problem = dla_problem(dla)
+        if problem:
+            raise EngineError(f"{onnx_path}: {problem}")
+    return Built(plan, cache_path, status, dla)
 
 
 def _network_flags(trt: Any) -> int:
@@ -313,8 +344,9 @@ def _create_config(trt: Any, builder: Any, network: Any, options: TensorRTOption
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, member)
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
-    if options.timing_cache is not None:
-        _load_timing_cache(config, options.timing_cache)
+    if options.dla_core is not None:
+        # The engine inspector then names each layer's type, so dla_report can say where the layers went.
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     return config
 
 
@@ -361,20 +393,150 @@ def _use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU instead of failing
 
 
-def _load_timing_cache(config: Any, path: Path) -> None:
-    data = path.read_bytes() if path.is_file() else b""  # empty bytes: a new, empty cache
-    cache = config.create_timing_cache(data)
-    # ignore_mismatch=False: TensorRT's header warns that a cache from a device with other CUDA properties "may
-    # lead to functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache); Polygraphy loads with
-    # False too. A cache from another device is replaced by a fresh one, which this build then fills.
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+# DLA computes in FP16 and INT8 only, and in a strongly typed network "network tensor types ... determine
+# precision. An ONNX model that was never converted to FP16 keeps its original tensor types" (TensorRT 11.4.1,
+# Strongly Typed Networks for DLA): an fp32 graph puts no layer on DLA, and with GPU fallback "layers that cannot run
+# on DLA silently fall back to GPU execution without an error" (11.4.1, DLA Runtime Configuration).
+DLA_PRECISIONS = ("fp16", "int8")
 
 
-def _save_timing_cache(config: Any, path: Path) -> None:
-    cache = config.get_timing_cache()
-    if cache is not None:
-        atomic_write(path, bytes(cache.serialize()))  # atomic: builds running in parallel may share one cache
+def dla_precision_problem(precision: str, dla_core: int | None) -> str | None:
+    """Why a ``precision`` graph should not be built for DLA core ``dla_core``; None when it may (or no DLA)."""
+    if dla_core is None or precision in DLA_PRECISIONS:
+        return None
+    return (f"dla_core={dla_core} with the {precision} graph: DLA runs only {' and '.join(DLA_PRECISIONS)} layers, and in "
+            f"a strongly typed network an {precision} graph's layers stay {precision}, so every layer would fall back to "
+            "the GPU; build the fp16 or int8 graph for DLA (--precisions fp16,int8), or set tensorrt.dla_core: null")
+
+
+def engine_layers(engine_information: str) -> list[dict[str, str]]:
+    """The layers of an engine from its inspector's JSON (IEngineInspector.get_engine_information): {"Layers": [...]}
+    where each layer is a name (ProfilingVerbosity.LAYER_NAMES_ONLY) or an object with "Name" and "LayerType"
+    (DETAILED). Returns [{"name", "type"}], type "" where the inspector gives none."""
+    import json
+
+    try:
+        layers = json.loads(engine_information).get("Layers", [])
+    except (ValueError, AttributeError):
+        return []
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):
+            out.append({"name": layer, "type": ""})
+        elif isinstance(layer, dict):
+            out.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", ""))})
+    return out
+
+
+def dla_report(core: int, placement: list[tuple[str, bool]], engine_information: str) -> dict:
+    """Where a DLA build's layers run. ``placement``: each network layer and whether the builder can run it on DLA
+    (IBuilderConfig.can_run_on_DLA, before the build); the rest fall back to the GPU. ``engine_information``: the
+    built engine's inspector JSON, whose layers are listed as TensorRT reports them (a DLA subgraph appears as one
+    "{ForeignNode[...]}" layer, as the log of NVIDIA's sampleCudla shows; on the GPU, Myelin subgraphs are named alike,
+    so the layer types say which)."""
+    on_dla = [name for name, dla in placement if dla]
+    return {"dla_core": core, "network_layers": len(placement), "on_dla": len(on_dla),
+            "gpu_fallback": [name for name, dla in placement if not dla],
+            "engine_layers": engine_layers(engine_information)}
+
+
+def dla_problem(report: Mapping[str, Any]) -> str | None:
+    """A DLA build that put no layer on DLA is refused: it would run on the GPU only, slower than a GPU build."""
+    if report["network_layers"] and not report["on_dla"]:
+        return (f"dla_core={report['dla_core']}, but none of the {report['network_layers']} layers can run on DLA "
+                "(DLA takes FP16/INT8 convolutions, pooling, activations and a few more; see TensorRT's 'DLA Supported "
+                "Layers and Restrictions'), so all of them would fall back to the GPU; build without dla_core")
+    return None
+
+
+def dla_summary(report: Mapping[str, Any]) -> str:
+    """One line for the build log: how many layers run on DLA, and which fall back to the GPU."""
+    fallback = report["gpu_fallback"]
+    names = ", ".join(fallback[:5]) + (f" (+{len(fallback) - 5} more)" if len(fallback) > 5 else "")
+    line = f"DLA core {report['dla_core']}: {report['on_dla']} of {report['network_layers']} layers on DLA"
+    return line + (f"; on the GPU: {names}" if fallback else "")
+
+
+def _network_placement(network: Any, config: Any) -> list[tuple[str, bool]]:
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return [(layer.name, bool(config.can_run_on_DLA(layer))) for layer in layers]
+
+
+def _inspect(trt: Any, plan: bytes, options: TensorRTOptions) -> str:
+    # The inspector needs a deserialized engine; a DLA plan deserializes on a runtime told its DLA core.
+    runtime = trt.Runtime(_logger())
+    runtime.DLA_core = options.dla_core
+    if options.version_compatible:
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        return ""
+    return engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+def timing_cache_file(base: str | os.PathLike, device: Mapping[str, str]) -> Path:
+    """The timing cache file of ``device`` (a device_info dict) beside ``base``: build/timing.cache becomes
+    build/timing.<gpu>-sm<cc>-trt<version>-<os>-<cpu>.cache. One file per device and TensorRT version, because a
+    cache from another device "may lead to functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache)
+    and ``ITimingCache::combine`` skips a cache from another TensorRT version (NvInferRuntime.h, 10.3 and 11.1): so
+    a build never loads another device's entries, and never overwrites them either."""
+    base = Path(base)
+    key = "-".join([device["gpu_name"], "sm" + device["compute_capability"].replace(".", ""),
+                    "trt" + device["tensorrt_version"], device.get("os", ""), device.get("cpu_arch", "")])
+    slug = "".join(c if c.isalnum() or c in "._" else "-" for c in key.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return base.with_name(f"{base.stem}.{slug}{base.suffix or '.cache'}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (as Polygraphy's LockFile does) so that builds in other processes
+    and threads take turns at reading, merging and writing ``path``. POSIX advisory locks (fcntl.flock): Linux,
+    which every supported TensorRT target (x86-64, SBSA, JetPack) is."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # a lock per open file: threads of one process also wait
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _load_timing_cache(config: Any, path: Path) -> str:
+    """Give the build this device's cache; returns "loaded", "new" (no file yet) or "rejected" (TensorRT refused the
+    file, e.g. written by another TensorRT version: the build starts empty and save_timing_cache keeps the old
+    entries by merging)."""
+    with file_lock(path):
+        data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)  # empty bytes: a new, empty cache
+    # ignore_mismatch=False, as Polygraphy loads: the file is this device's (timing_cache_file), so a mismatch means
+    # something changed (driver, CUDA), and TensorRT's header warns that another device's cache "may lead to
+    # functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache).
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return "loaded" if data else "new"
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return "rejected"
+
+
+def save_timing_cache(cache: Any, path: Path, load: Any) -> bool:
+    """Merge what is in ``path`` into ``cache`` (this build's ITimingCache) and write the result, all under
+    ``file_lock``, so parallel builds add to the file instead of the last writer replacing it: Polygraphy's loader
+    does the same (``combine(previous, ignore_mismatch=True)`` under its LockFile). ``load`` turns bytes into a
+    cache (IBuilderConfig.create_timing_cache). Returns False when the previous file could not be merged (its
+    entries are then lost; combine skips caches of another TensorRT version)."""
+    merged = True
+    with file_lock(path):
+        if path.is_file():
+            previous = load(path.read_bytes())
+            # ignore_mismatch=True as Polygraphy: the file is keyed by device, so its header may differ only in what
+            # does not change the tactics (a driver update); conflicting entries keep this build's.
+            merged = previous is not None and bool(cache.combine(previous, ignore_mismatch=True))
+        atomic_write(path, bytes(cache.serialize()))
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------- run
