@@ -47,7 +47,7 @@ def unavailable_reason() -> str | None:
     try:
         import tensorrt as trt
     except ImportError:
-        return "TensorRT is not installed (pip install .[tensorrt] on a machine with an NVIDIA GPU)"
+        return f"TensorRT is not installed ({install_hint(on_jetson())})"
     except Exception as exc:  # the wheel is present but its libraries are not (e.g. libnvinfer missing)
         return f"TensorRT could not be imported: {_one_line(exc)}"
     version = getattr(trt, "__version__", "?")
@@ -56,7 +56,7 @@ def unavailable_reason() -> str | None:
     try:
         import pycuda.driver as cuda
     except ImportError:
-        return "pycuda is not installed (pip install .[tensorrt]; on Jetson build pycuda from source)"
+        return f"pycuda is not installed ({install_hint(on_jetson())})"
     except Exception as exc:
         return f"pycuda could not be imported: {_one_line(exc)}"
     try:
@@ -67,6 +67,29 @@ def unavailable_reason() -> str | None:
     if count == 0:
         return "no CUDA GPU found"
     return None
+
+
+def on_jetson() -> bool:
+    """Whether this is a Jetson (L4T, the OS of JetPack, writes /etc/nv_tegra_release); asked before TensorRT is
+    importable, to say what to install."""
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def install_hint(jetson: bool) -> str:
+    """What to install for the TensorRT backend on this kind of machine, in one clause.
+
+    On Jetson, TensorRT comes with JetPack (10.3 with JetPack 6.1/6.2, 10.13-10.16 with 7.x) and its Python bindings
+    live in the system's site-packages; a wheel from PyPI would be another build for another CUDA. Elsewhere the
+    TensorRT wheel must match the driver's CUDA major: the plain ``tensorrt`` package installs the CUDA 13 build
+    (TensorRT 11.4 Installation Guide, pip), which a CUDA 12 driver cannot run, so pyproject.toml's extras pin
+    ``tensorrt-cu12`` or ``tensorrt-cu13``.
+    """
+    if jetson:
+        return ("on Jetson TensorRT comes with JetPack: make the venv with python3 -m venv --system-site-packages so "
+                "JetPack's tensorrt is visible, then pip install -e '.[jetson]' for pycuda (built from source), and "
+                "never pip install tensorrt there")
+    return ("on a machine with an NVIDIA GPU: pip install -e '.[tensorrt-cu12]' with a CUDA 12 driver or "
+            "'.[tensorrt-cu13]' with CUDA 13 (nvidia-smi's header shows the driver's CUDA version)")
 
 
 def device_info() -> dict[str, str]:

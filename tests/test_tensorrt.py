@@ -70,6 +70,7 @@ def test_unavailable_reason_is_a_string_when_tensorrt_is_absent(monkeypatch):
     finally:
         unavailable_reason.cache_clear()
     assert isinstance(reason, str) and "TensorRT is not installed" in reason and "\n" not in reason
+    assert "tensorrt-cu12" in reason or "comes with JetPack" in reason
 
 
 def test_unavailable_reason_is_cached_and_never_raises():
@@ -724,3 +725,19 @@ def test_embedded_pre_post_engine_takes_frames_and_returns_the_class_map(tmp_pat
         got = runner.infer({"frames": frames})["classes"]
     assert got.dtype == np.uint8 and got.shape == (1, 32, 48)
     assert (got == want).mean() > 0.99  # TF32 may flip a near-tie
+
+
+def test_install_hint_says_per_platform_what_to_install():
+    import tomllib
+
+    from engines.tensorrt import install_hint
+
+    jetson, desktop = install_hint(True), install_hint(False)
+    assert "comes with JetPack" in jetson and "--system-site-packages" in jetson and "never pip install tensorrt" in jetson
+    assert ".[tensorrt-cu12]" in desktop and ".[tensorrt-cu13]" in desktop
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # Each TensorRT requirement is pinned to one CUDA major's wheel and below the next TensorRT major.
+    assert extras["tensorrt-cu12"][0].startswith("tensorrt-cu12>=10.3,") and "<12" in extras["tensorrt-cu12"][0]
+    assert extras["tensorrt-cu13"][0].startswith("tensorrt-cu13>=") and "<12" in extras["tensorrt-cu13"][0]
+    assert not any(r.split(">")[0].split("=")[0].strip() == "tensorrt" for rs in extras.values() for r in rs)
+    assert extras["jetson"] == ["pycuda>=2025.1.2"]
