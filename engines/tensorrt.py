@@ -9,7 +9,9 @@ Precision lives in the ONNX graph: every network is strongly typed (FP16 by Cast
 nodes), so no FP16/INT8 builder flags are set; TensorRT 11 removed them.
 
 ``tensorrt`` and ``pycuda`` are imported inside the functions that need them, so importing this module
-costs nothing on a CPU-only machine.
+costs nothing on a CPU-only machine. What the code decides (which plans load where, DLA precisions and placement,
+the timing cache's file and merge, the optimization profile) is in plain functions that the CPU tests call; the
+TensorRT calls around them are kept thin.
 """
 from __future__ import annotations
 
@@ -213,8 +215,9 @@ class TensorRTOptions:
     shape between min and max (per dimension) and is tuned for opt. Use ``TensorRTOptions.fixed(shape)`` for one
     size. ``dla_core`` runs layers on that DLA core, with GPU fallback for the rest (Jetson AGX Xavier/Orin
     only). ``version_compatible`` lets newer TensorRT runtimes load the engine; ``hardware_compatibility=
-    "ampere_plus"`` lets other Ampere-or-newer GPUs load it; both cost speed. ``timing_cache`` is a file
-    that is read (if present) and updated by every build, which makes rebuilds much faster.
+    "ampere_plus"`` lets other Ampere-or-newer GPUs load it; both cost speed. ``timing_cache`` names the cache
+    file; each device and TensorRT version gets its own file beside it (``timing_cache_file``), read and merged by
+    every build, which makes rebuilds much faster.
     """
 
     min_shape: Shape
@@ -681,7 +684,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_engine(cls, plan_path: str | os.PathLike) -> "TensorRTRunner":
-        """Load a built plan after checking its manifest: file hash, TensorRT version and GPU."""
+        """Load a built plan after checking its manifest: file hash, platform, TensorRT version and GPU."""
         path = Path(plan_path)
         manifest = read_manifest(path)
         if manifest.get("backend") != "tensorrt" or manifest.get("kind") != "engine":
