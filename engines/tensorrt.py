@@ -9,7 +9,9 @@ Precision lives in the ONNX graph: every network is strongly typed (FP16 by Cast
 nodes), so no FP16/INT8 builder flags are set; TensorRT 11 removed them.
 
 ``tensorrt`` and ``pycuda`` are imported inside the functions that need them, so importing this module
-costs nothing on a CPU-only machine.
+costs nothing on a CPU-only machine. What the code decides (which plans load where, DLA precisions and placement,
+the timing cache's file and merge, the optimization profile) is in plain functions that the CPU tests call; the
+TensorRT calls around them are kept thin.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import contextlib
 import functools
 import math
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -46,7 +49,7 @@ def unavailable_reason() -> str | None:
     try:
         import tensorrt as trt
     except ImportError:
-        return "TensorRT is not installed (pip install .[tensorrt] on a machine with an NVIDIA GPU)"
+        return f"TensorRT is not installed ({install_hint(on_jetson())})"
     except Exception as exc:  # the wheel is present but its libraries are not (e.g. libnvinfer missing)
         return f"TensorRT could not be imported: {_one_line(exc)}"
     version = getattr(trt, "__version__", "?")
@@ -55,7 +58,7 @@ def unavailable_reason() -> str | None:
     try:
         import pycuda.driver as cuda
     except ImportError:
-        return "pycuda is not installed (pip install .[tensorrt]; on Jetson build pycuda from source)"
+        return f"pycuda is not installed ({install_hint(on_jetson())})"
     except Exception as exc:
         return f"pycuda could not be imported: {_one_line(exc)}"
     try:
@@ -68,60 +71,153 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def on_jetson() -> bool:
+    """Whether this is a Jetson (L4T, the OS of JetPack, writes /etc/nv_tegra_release); asked before TensorRT is
+    importable, to say what to install."""
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def install_hint(jetson: bool) -> str:
+    """What to install for the TensorRT backend on this kind of machine, in one clause.
+
+    On Jetson, TensorRT comes with JetPack (10.3 with JetPack 6.1/6.2, 10.13-10.16 with 7.x) and its Python bindings
+    live in the system's site-packages; a wheel from PyPI would be another build for another CUDA. Elsewhere the
+    TensorRT wheel must match the driver's CUDA major: the plain ``tensorrt`` package installs the CUDA 13 build
+    (TensorRT 11.4 Installation Guide, pip), which a CUDA 12 driver cannot run, so pyproject.toml's extras pin
+    ``tensorrt-cu12`` or ``tensorrt-cu13``.
+    """
+    if jetson:
+        return ("on Jetson TensorRT comes with JetPack: make the venv with python3 -m venv --system-site-packages so "
+                "JetPack's tensorrt is visible, then pip install -e '.[jetson]' for pycuda (built from source), and "
+                "never pip install tensorrt there")
+    return ("on a machine with an NVIDIA GPU: pip install -e '.[tensorrt-cu12]' with a CUDA 12 driver or "
+            "'.[tensorrt-cu13]' with CUDA 13 (nvidia-smi's header shows the driver's CUDA version)")
+
+
 def device_info() -> dict[str, str]:
-    """TensorRT version and the GPU engines are built for (device 0), for manifests: an engine is tied to both
-    unless built version- or hardware-compatible. Raises EngineError where TensorRT cannot run."""
+    """TensorRT version, GPU (device 0) and platform engines are built for, for manifests: a plan is tied to all of
+    them unless built version- or hardware-compatible, and to the platform always (see ``check_manifest``).
+    Raises EngineError where TensorRT cannot run."""
     _require_tensorrt()
     import pycuda.driver as cuda
     import tensorrt as trt
 
     device = cuda.Device(0)
     major, minor = device.compute_capability()
+    integrated = bool(device.get_attribute(cuda.device_attribute.INTEGRATED))  # Jetson (Tegra) iGPU: 1
     return {"tensorrt_version": trt.__version__, "gpu_name": device.name(),
-            "compute_capability": f"{major}.{minor}"}
+            "compute_capability": f"{major}.{minor}", **host_platform(integrated)}
+
+
+def host_platform(integrated_gpu: bool) -> dict[str, str]:
+    """The platform half of ``device_info``: OS, CPU architecture and whether the GPU is a Jetson's integrated one
+    or a discrete card. Serialized engines are not portable across platforms (Support Matrix, Engine Portability)."""
+    return {"os": platform.system(), "cpu_arch": platform.machine(),
+            "gpu_kind": "integrated" if integrated_gpu else "discrete"}
+
+
+# Version-compatible plans across major versions: only these (built, runtime) pairs are documented
+# ("TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and TensorRT 8 version-compatible
+# engines can run with a TensorRT 10 runtime. No other combination across major versions is supported.",
+# TensorRT 11.4.1 Support Matrix, Engine Portability). Within a major, a plan runs on the same or a later version.
+VERSION_COMPATIBLE_ACROSS_MAJORS = frozenset({(8, 10), (10, 11)})
+
+
+def version_problem(built: str, runtime: str, version_compatible: bool) -> str | None:
+    """Why a plan built with TensorRT ``built`` cannot be loaded by TensorRT ``runtime``; None when it can.
+
+    Without version compatibility a plan loads only on the exact version that built it (TensorRT #2195, #2072:
+    "Version tag does not match"). With it, "engines ... compatible with later TensorRT versions" and "engines built
+    with newer versions ... do not work with older runtimes" (Developer Guide, Version Compatibility; 11.1
+    Engine Compatibility): the runtime must be the same or later, compared to the patch and build number, in the
+    same major or in a documented pair of majors (VERSION_COMPATIBLE_ACROSS_MAJORS).
+    """
+    b, r = _version(built), _version(runtime)
+    if not version_compatible:
+        return None if b == r else f"was built with TensorRT {built}, this machine has {runtime}"
+    if r < b:
+        return (f"was built version-compatible with TensorRT {built}, which runs on the same or later TensorRT "
+                f"versions only, not on this machine's older {runtime}")
+    if b[0] != r[0] and (b[0], r[0]) not in VERSION_COMPATIBLE_ACROSS_MAJORS:
+        pairs = ", ".join(f"{x} -> {y}" for x, y in sorted(VERSION_COMPATIBLE_ACROSS_MAJORS))
+        return (f"was built version-compatible with TensorRT {built}; across major versions TensorRT supports only "
+                f"{pairs}, not {b[0]} -> {r[0]}")
+    return None
+
+
+def platform_problem(built: Mapping[str, str], here: Mapping[str, str]) -> str | None:
+    """Why a plan built on platform ``built`` cannot run on ``here`` (device_info dicts); None when it can. No
+    build option lifts this: "Serialized engines are not portable across platforms" (Support Matrix, Engine
+    Portability, 10.x and 11.x), and a Jetson's integrated GPU and a discrete card are different platforms even with
+    the same OS and CPU architecture (their TensorRT packages differ: JetPack's, or the SBSA/x86-64 builds)."""
+    keys = ("os", "cpu_arch", "gpu_kind")
+    if any(k not in built for k in keys):
+        return "records no build platform (OS, CPU architecture, Jetson or discrete GPU): it predates these checks"
+    if all(built[k] == here[k] for k in keys):
+        return None
+    return f"was built on {_platform_name(built)}, this machine is {_platform_name(here)}"
+
+
+def gpu_problem(built: Mapping[str, str], here: Mapping[str, str], hardware_compatibility: str | None) -> str | None:
+    """Why a plan built for the GPU ``built`` cannot run on the GPU ``here``; None when it can. Without hardware
+    compatibility, only on the same GPU; with ``ampere_plus``, on any GPU of compute capability 8.0 or newer
+    (NvInfer.h, HardwareCompatibilityLevel::kAMPERE_PLUS: "compatible with Ampere and newer GPUs")."""
+    if hardware_compatibility == "ampere_plus":
+        if _version(here["compute_capability"])[:2] < (8, 0):
+            return (f"was built for Ampere or newer GPUs, this {here['gpu_name']} has compute capability "
+                    f"{here['compute_capability']}")
+        return None
+    if (built.get("gpu_name"), built.get("compute_capability")) != (here["gpu_name"], here["compute_capability"]):
+        return (f"was built for {built.get('gpu_name')} (compute capability {built.get('compute_capability')}), this "
+                f"GPU is {here['gpu_name']} ({here['compute_capability']})")
+    return None
+
+
+def build_problem(options: "TensorRTOptions", device: Mapping[str, str]) -> str | None:
+    """Why ``options`` cannot be built on ``device`` (a device_info dict); None when they can. ``ampere_plus`` "is
+    only supported for engines built on NVIDIA Ampere and later GPUs" (NvInfer.h, kAMPERE_PLUS, 11.1; 10.3 says it of
+    every level but kNONE)."""
+    if options.hardware_compatibility == "ampere_plus" and _version(device["compute_capability"])[:2] < (8, 0):
+        return (f"hardware_compatibility='ampere_plus' is built only on Ampere or newer GPUs, and this "
+                f"{device['gpu_name']} has compute capability {device['compute_capability']}: build on an Ampere-or-"
+                "newer GPU, or set hardware_compatibility to None")
+    return None
 
 
 def check_manifest(manifest: Mapping[str, Any], path: Path, device: Mapping[str, str]) -> None:
-    """Refuse a plan built for another TensorRT version or GPU, before TensorRT fails on it less clearly.
-
-    A plan is tied to both (TensorRT #2195, #2072: "Version tag does not match") unless it was built
-    version-compatible (loads on later TensorRT versions of the same major) or hardware-compatible
-    (``ampere_plus``: any GPU of compute capability 8.0 or newer).
-    """
-    rebuild = f"rebuild it on this machine with python -m export build --force --models {manifest.get('model', '?')}"
+    """Refuse a plan built for another platform, TensorRT version or GPU, before TensorRT fails on it less clearly
+    (``device`` is this machine's ``device_info``). The rules and their sources: docs/tensorrt.md, Portability."""
     options = manifest.get("tensorrt") or {}
-    built_version = str(manifest.get("backend_version"))
-    here_version = device["tensorrt_version"]
-    if options.get("version_compatible"):
-        if _major_minor(here_version)[0] != _major_minor(built_version)[0] or \
-                _major_minor(here_version) < _major_minor(built_version):
-            raise EngineError(f"engine {path} was built version-compatible with TensorRT {built_version}, which does "
-                              f"not extend to TensorRT {here_version}; {rebuild}")
-    elif built_version != here_version:
-        raise EngineError(f"engine {path} was built with TensorRT {built_version}, this machine has {here_version}; {rebuild}")
     built = manifest.get("device") or {}
-    if options.get("hardware_compatibility") == "ampere_plus":
-        if _major_minor(device["compute_capability"]) < (8, 0):
-            raise EngineError(f"engine {path} was built for Ampere or newer GPUs, this {device['gpu_name']} has "
-                              f"compute capability {device['compute_capability']}; {rebuild}")
-    elif (built.get("gpu_name"), built.get("compute_capability")) != (device["gpu_name"], device["compute_capability"]):
-        raise EngineError(f"engine {path} was built for {built.get('gpu_name')} (compute capability "
-                          f"{built.get('compute_capability')}), this GPU is {device['gpu_name']} "
-                          f"({device['compute_capability']}); {rebuild}")
+    problems = [platform_problem(built, device),
+                version_problem(str(manifest.get("backend_version")), device["tensorrt_version"],
+                                bool(options.get("version_compatible"))),
+                gpu_problem(built, device, options.get("hardware_compatibility"))]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise EngineError(f"engine {path} {problem}; rebuild it on this machine with python -m export build --force "
+                          f"--models {manifest.get('model', '?')}")
+
+
+def _platform_name(info: Mapping[str, str]) -> str:
+    gpu = "a Jetson's integrated GPU" if info.get("gpu_kind") == "integrated" else "a discrete GPU"
+    return f"{info.get('os')} {info.get('cpu_arch')} with {gpu}"
 
 
 # ---------------------------------------------------------------------------------------------- build options
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    """How to build a TensorRT engine for a graph with one input ``images`` of shape (N, 3, H, W).
+    """How to build a TensorRT engine for a graph with one input, ``input_name``: ``images`` (N, 3, H, W) as
+    python -m export writes it, or ``frames`` (N, H, W, 3) uint8 when pre/post-processing is embedded.
 
-    ``min_shape``/``opt_shape``/``max_shape`` form the optimization profile: the engine accepts any shape
-    between min and max (per dimension) and is tuned for opt. Use ``TensorRTOptions.fixed(shape)`` for one
+    ``min_shape``/``opt_shape``/``max_shape`` form the optimization profile of that input: the engine accepts any
+    shape between min and max (per dimension) and is tuned for opt. Use ``TensorRTOptions.fixed(shape)`` for one
     size. ``dla_core`` runs layers on that DLA core, with GPU fallback for the rest (Jetson AGX Xavier/Orin
     only). ``version_compatible`` lets newer TensorRT runtimes load the engine; ``hardware_compatibility=
-    "ampere_plus"`` lets other Ampere-or-newer GPUs load it; both cost speed. ``timing_cache`` is a file
-    that is read (if present) and updated by every build, which makes rebuilds much faster.
+    "ampere_plus"`` lets other Ampere-or-newer GPUs load it; both cost speed. ``timing_cache`` names the cache
+    file; each device and TensorRT version gets its own file beside it (``timing_cache_file``), read and merged by
+    every build, which makes rebuilds much faster.
     """
 
     min_shape: Shape
@@ -133,6 +229,7 @@ class TensorRTOptions:
     hardware_compatibility: str | None = None
     timing_cache: Path | None = None
     builder_optimization_level: int | None = None
+    input_name: str = INPUT_NAME
 
     @classmethod
     def fixed(cls, shape: Shape, **kwargs: Any) -> "TensorRTOptions":
@@ -145,13 +242,12 @@ class TensorRTOptions:
             value = getattr(self, name)
             shape = tuple(value) if isinstance(value, (tuple, list)) else ()
             if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-                raise ValueError(f"{name}={value!r}: expected 4 positive integers (N, 3, H, W) for input "
-                                 f"'{INPUT_NAME}'")
+                raise ValueError(f"{name}={value!r}: expected 4 positive integers for input '{self.input_name}'")
             object.__setattr__(self, name, shape)  # lists (from YAML) become tuples
             shapes[name] = shape
         for axis, (lo, opt, hi) in enumerate(zip(shapes["min_shape"], shapes["opt_shape"], shapes["max_shape"])):
             if not lo <= opt <= hi:
-                raise ValueError(f"dimension {axis} of input '{INPUT_NAME}' must satisfy min <= opt <= max, got "
+                raise ValueError(f"dimension {axis} of input '{self.input_name}' must satisfy min <= opt <= max, got "
                                  f"min={lo}, opt={opt}, max={hi} (min_shape={shapes['min_shape']}, "
                                  f"opt_shape={shapes['opt_shape']}, max_shape={shapes['max_shape']})")
         if not isinstance(self.workspace_mib, int) or self.workspace_mib <= 0:
@@ -171,12 +267,28 @@ class TensorRTOptions:
 
 # ---------------------------------------------------------------------------------------------- build
 
+@dataclass(frozen=True)
+class Built:
+    """What ``build`` returns: the plan, where its timing cache lives and whether the file's entries were used, and,
+    for DLA builds, where the layers run (``dla_report``)."""
+
+    plan: bytes
+    timing_cache: Path | None = None  # the per-device file (timing_cache_file), None without a timing cache
+    timing_cache_status: str | None = None  # "loaded" (its entries were used), "new" (no file yet), "rejected"
+    dla: dict | None = None
+
+
 def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> bytes:
-    """Compile an ONNX graph into a serialized TensorRT engine (a plan) for this machine's GPU.
+    """Compile an ONNX graph into a serialized TensorRT engine (a plan) for this machine's GPU: ``build(...).plan``."""
+    return build(onnx_path, options).plan
+
+
+def build(onnx_path: str | os.PathLike, options: TensorRTOptions) -> Built:
+    """Compile an ONNX graph into a plan for this machine's GPU, and say how the build went (``Built``).
 
     Steps, each small, as Polygraphy's loaders do: create a strongly typed network, parse the ONNX file,
-    configure the builder (workspace, optimization profile, DLA, compatibility, timing cache), build, and
-    save the updated timing cache.
+    configure the builder (workspace, optimization profile, DLA, compatibility, timing cache), build, merge the
+    timing cache into its file, and for DLA report where each layer runs.
     """
     _require_tensorrt()
     import tensorrt as trt
@@ -184,6 +296,10 @@ def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> byte
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineError(f"ONNX file {onnx_path} not found; export it first with python -m export")
+    device = device_info()
+    problem = build_problem(options, device)
+    if problem:
+        raise EngineError(problem)
     logger = _logger()
     trt.init_libnvinfer_plugins(logger, "")  # before parsing: ONNX nodes named like a plugin become that plugin
     builder = trt.Builder(logger)
@@ -193,16 +309,30 @@ def build_engine(onnx_path: str | os.PathLike, options: TensorRTOptions) -> byte
     # Builder, network and parser stay alive together until the build is done, as Polygraphy keeps them.
     parser = _parse_onnx(trt, network, logger, onnx_path)
     config = _create_config(trt, builder, network, options, onnx_path)
+    cache_path = status = None
+    if options.timing_cache is not None:
+        cache_path = timing_cache_file(options.timing_cache, device)
+        status = _load_timing_cache(config, cache_path)
+    placement = _network_placement(network, config) if options.dla_core is not None else None
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(
             f"TensorRT could not build an engine from {onnx_path}; the TensorRT log above says why. Common causes: "
             f"an operator TensorRT does not take (see docs/tensorrt.md), workspace_mib={options.workspace_mib} too "
             "small, or a DLA/compatibility option this GPU does not support")
-    if options.timing_cache is not None:
-        _save_timing_cache(config, options.timing_cache)
+    plan = bytes(plan)
+    if cache_path is not None:
+        cache = config.get_timing_cache()
+        if cache is not None:
+            save_timing_cache(cache, cache_path, config.create_timing_cache)
     del parser
-    return bytes(plan)
+    dla = None
+    if placement is not None:
+        dla = dla_report(options.dla_core, placement, _inspect(trt, plan, options))
+        problem = dla_problem(dla)
+        if problem:
+            raise EngineError(f"{onnx_path}: {problem}")
+    return Built(plan, cache_path, status, dla)
 
 
 def _network_flags(trt: Any) -> int:
@@ -240,32 +370,40 @@ def _create_config(trt: Any, builder: Any, network: Any, options: TensorRTOption
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, member)
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
-    if options.timing_cache is not None:
-        _load_timing_cache(config, options.timing_cache)
+    if options.dla_core is not None:
+        # The engine inspector then names each layer's type, so dla_report can say where the layers went.
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     return config
 
 
 def _add_profile(builder: Any, network: Any, config: Any, options: TensorRTOptions, onnx_path: Path) -> None:
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    names = [tensor.name for tensor in inputs]
-    if names != [INPUT_NAME]:
-        raise EngineError(f"{onnx_path} has inputs {names}; expected exactly one input '{INPUT_NAME}' "
-                          "(N, 3, H, W), as python -m export writes")
-    graph_shape = tuple(inputs[0].shape)
-    if len(graph_shape) != 4:
-        raise EngineError(f"input '{INPUT_NAME}' of {onnx_path} has shape {graph_shape}; expected (N, 3, H, W)")
-    wanted = (options.min_shape, options.opt_shape, options.max_shape)
-    for axis, dim in enumerate(graph_shape):
-        if dim >= 0 and any(shape[axis] != dim for shape in wanted):  # -1 marks a dynamic dimension
-            raise EngineError(
-                f"input '{INPUT_NAME}' of {onnx_path} has fixed size {dim} in dimension {axis} (shape "
-                f"{graph_shape}), but the options ask for min/opt/max {[s[axis] for s in wanted]}; change the "
-                "options or export the graph with that dimension dynamic")
+    check_profile([tensor.name for tensor in inputs], tuple(inputs[0].shape) if inputs else (), options, onnx_path)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *wanted)
+    profile.set_shape(options.input_name, options.min_shape, options.opt_shape, options.max_shape)
     if config.add_optimization_profile(profile) < 0:
         raise EngineError(f"TensorRT rejected the optimization profile min={options.min_shape}, "
                           f"opt={options.opt_shape}, max={options.max_shape} for {onnx_path}")
+
+
+def check_profile(input_names: list[str], graph_shape: tuple[int, ...], options: TensorRTOptions,
+                  onnx_path: Path) -> None:
+    """Refuse options whose profile does not fit the parsed network: one input named ``options.input_name``, of
+    rank 4, and every fixed dimension (-1 marks a dynamic one) equal in min, opt and max."""
+    name = options.input_name
+    if input_names != [name]:
+        raise EngineError(f"{onnx_path} has inputs {input_names}; the options profile exactly one input '{name}' "
+                          "(images (N, 3, H, W), or frames (N, H, W, 3) with embed_pre_post), as python -m export "
+                          "writes: set TensorRTOptions(input_name=...)")
+    if len(graph_shape) != 4:
+        raise EngineError(f"input '{name}' of {onnx_path} has shape {graph_shape}; expected 4 dimensions")
+    wanted = (options.min_shape, options.opt_shape, options.max_shape)
+    for axis, dim in enumerate(graph_shape):
+        if dim >= 0 and any(shape[axis] != dim for shape in wanted):
+            raise EngineError(
+                f"input '{name}' of {onnx_path} has fixed size {dim} in dimension {axis} (shape "
+                f"{graph_shape}), but the options ask for min/opt/max {[s[axis] for s in wanted]}; change the "
+                "options or export the graph with that dimension dynamic")
 
 
 def _use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:
@@ -281,20 +419,150 @@ def _use_dla(trt: Any, builder: Any, config: Any, core: int) -> None:
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU instead of failing
 
 
-def _load_timing_cache(config: Any, path: Path) -> None:
-    data = path.read_bytes() if path.is_file() else b""  # empty bytes: a new, empty cache
-    cache = config.create_timing_cache(data)
-    # ignore_mismatch=False: TensorRT's header warns that a cache from a device with other CUDA properties "may
-    # lead to functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache); Polygraphy loads with
-    # False too. A cache from another device is replaced by a fresh one, which this build then fills.
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+# DLA computes in FP16 and INT8 only, and in a strongly typed network "network tensor types ... determine
+# precision. An ONNX model that was never converted to FP16 keeps its original tensor types" (TensorRT 11.4.1,
+# Strongly Typed Networks for DLA): an fp32 graph puts no layer on DLA, and with GPU fallback "layers that cannot run
+# on DLA silently fall back to GPU execution without an error" (11.4.1, DLA Runtime Configuration).
+DLA_PRECISIONS = ("fp16", "int8")
 
 
-def _save_timing_cache(config: Any, path: Path) -> None:
-    cache = config.get_timing_cache()
-    if cache is not None:
-        atomic_write(path, bytes(cache.serialize()))  # atomic: builds running in parallel may share one cache
+def dla_precision_problem(precision: str, dla_core: int | None) -> str | None:
+    """Why a ``precision`` graph should not be built for DLA core ``dla_core``; None when it may (or no DLA)."""
+    if dla_core is None or precision in DLA_PRECISIONS:
+        return None
+    return (f"dla_core={dla_core} with the {precision} graph: DLA runs only {' and '.join(DLA_PRECISIONS)} layers, and in "
+            f"a strongly typed network an {precision} graph's layers stay {precision}, so every layer would fall back to "
+            "the GPU; build the fp16 or int8 graph for DLA (--precisions fp16,int8), or set tensorrt.dla_core: null")
+
+
+def engine_layers(engine_information: str) -> list[dict[str, str]]:
+    """The layers of an engine from its inspector's JSON (IEngineInspector.get_engine_information): {"Layers": [...]}
+    where each layer is a name (ProfilingVerbosity.LAYER_NAMES_ONLY) or an object with "Name" and "LayerType"
+    (DETAILED). Returns [{"name", "type"}], type "" where the inspector gives none."""
+    import json
+
+    try:
+        layers = json.loads(engine_information).get("Layers", [])
+    except (ValueError, AttributeError):
+        return []
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):
+            out.append({"name": layer, "type": ""})
+        elif isinstance(layer, dict):
+            out.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", ""))})
+    return out
+
+
+def dla_report(core: int, placement: list[tuple[str, bool]], engine_information: str) -> dict:
+    """Where a DLA build's layers run. ``placement``: each network layer and whether the builder can run it on DLA
+    (IBuilderConfig.can_run_on_DLA, before the build); the rest fall back to the GPU. ``engine_information``: the
+    built engine's inspector JSON, whose layers are listed as TensorRT reports them (a DLA subgraph appears as one
+    "{ForeignNode[...]}" layer, as the log of NVIDIA's sampleCudla shows; on the GPU, Myelin subgraphs are named alike,
+    so the layer types say which)."""
+    on_dla = [name for name, dla in placement if dla]
+    return {"dla_core": core, "network_layers": len(placement), "on_dla": len(on_dla),
+            "gpu_fallback": [name for name, dla in placement if not dla],
+            "engine_layers": engine_layers(engine_information)}
+
+
+def dla_problem(report: Mapping[str, Any]) -> str | None:
+    """A DLA build that put no layer on DLA is refused: it would run on the GPU only, slower than a GPU build."""
+    if report["network_layers"] and not report["on_dla"]:
+        return (f"dla_core={report['dla_core']}, but none of the {report['network_layers']} layers can run on DLA "
+                "(DLA takes FP16/INT8 convolutions, pooling, activations and a few more; see TensorRT's 'DLA Supported "
+                "Layers and Restrictions'), so all of them would fall back to the GPU; build without dla_core")
+    return None
+
+
+def dla_summary(report: Mapping[str, Any]) -> str:
+    """One line for the build log: how many layers run on DLA, and which fall back to the GPU."""
+    fallback = report["gpu_fallback"]
+    names = ", ".join(fallback[:5]) + (f" (+{len(fallback) - 5} more)" if len(fallback) > 5 else "")
+    line = f"DLA core {report['dla_core']}: {report['on_dla']} of {report['network_layers']} layers on DLA"
+    return line + (f"; on the GPU: {names}" if fallback else "")
+
+
+def _network_placement(network: Any, config: Any) -> list[tuple[str, bool]]:
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return [(layer.name, bool(config.can_run_on_DLA(layer))) for layer in layers]
+
+
+def _inspect(trt: Any, plan: bytes, options: TensorRTOptions) -> str:
+    # The inspector needs a deserialized engine; a DLA plan deserializes on a runtime told its DLA core.
+    runtime = trt.Runtime(_logger())
+    runtime.DLA_core = options.dla_core
+    if options.version_compatible:
+        runtime.engine_host_code_allowed = True
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        return ""
+    return engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+def timing_cache_file(base: str | os.PathLike, device: Mapping[str, str]) -> Path:
+    """The timing cache file of ``device`` (a device_info dict) beside ``base``: build/timing.cache becomes
+    build/timing.<gpu>-sm<cc>-trt<version>-<os>-<cpu>.cache. One file per device and TensorRT version, because a
+    cache from another device "may lead to functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache)
+    and ``ITimingCache::combine`` skips a cache from another TensorRT version (NvInferRuntime.h, 10.3 and 11.1): so
+    a build never loads another device's entries, and never overwrites them either."""
+    base = Path(base)
+    key = "-".join([device["gpu_name"], "sm" + device["compute_capability"].replace(".", ""),
+                    "trt" + device["tensorrt_version"], device.get("os", ""), device.get("cpu_arch", "")])
+    slug = "".join(c if c.isalnum() or c in "._" else "-" for c in key.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return base.with_name(f"{base.stem}.{slug}{base.suffix or '.cache'}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (as Polygraphy's LockFile does) so that builds in other processes
+    and threads take turns at reading, merging and writing ``path``. POSIX advisory locks (fcntl.flock): Linux,
+    which every supported TensorRT target (x86-64, SBSA, JetPack) is."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # a lock per open file: threads of one process also wait
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _load_timing_cache(config: Any, path: Path) -> str:
+    """Give the build this device's cache; returns "loaded", "new" (no file yet) or "rejected" (TensorRT refused the
+    file, e.g. written by another TensorRT version: the build starts empty and save_timing_cache keeps the old
+    entries by merging)."""
+    with file_lock(path):
+        data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)  # empty bytes: a new, empty cache
+    # ignore_mismatch=False, as Polygraphy loads: the file is this device's (timing_cache_file), so a mismatch means
+    # something changed (driver, CUDA), and TensorRT's header warns that another device's cache "may lead to
+    # functional/performance bugs" (NvInfer.h, IBuilderConfig::setTimingCache).
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return "loaded" if data else "new"
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return "rejected"
+
+
+def save_timing_cache(cache: Any, path: Path, load: Any) -> bool:
+    """Merge what is in ``path`` into ``cache`` (this build's ITimingCache) and write the result, all under
+    ``file_lock``, so parallel builds add to the file instead of the last writer replacing it: Polygraphy's loader
+    does the same (``combine(previous, ignore_mismatch=True)`` under its LockFile). ``load`` turns bytes into a
+    cache (IBuilderConfig.create_timing_cache). Returns False when the previous file could not be merged (its
+    entries are then lost; combine skips caches of another TensorRT version)."""
+    merged = True
+    with file_lock(path):
+        if path.is_file():
+            previous = load(path.read_bytes())
+            # ignore_mismatch=True as Polygraphy: the file is keyed by device, so its header may differ only in what
+            # does not change the tactics (a driver update); conflicting entries keep this build's.
+            merged = previous is not None and bool(cache.combine(previous, ignore_mismatch=True))
+        atomic_write(path, bytes(cache.serialize()))
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -416,7 +684,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_engine(cls, plan_path: str | os.PathLike) -> "TensorRTRunner":
-        """Load a built plan after checking its manifest: file hash, TensorRT version and GPU."""
+        """Load a built plan after checking its manifest: file hash, platform, TensorRT version and GPU."""
         path = Path(plan_path)
         manifest = read_manifest(path)
         if manifest.get("backend") != "tensorrt" or manifest.get("kind") != "engine":
@@ -657,8 +925,14 @@ def _numpy_dtype(trt: Any, trt_dtype: Any, name: str) -> np.dtype:
 
 def _major_minor(version: str) -> tuple[int, int]:
     """'10.3.0.26' -> (10, 3); unparsable parts count as 0."""
-    parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in str(version).split(".")[:2]]
-    return tuple(parts + [0] * (2 - len(parts)))
+    return _version(version)[:2]
+
+
+def _version(version: str) -> tuple[int, int, int, int]:
+    """'10.3.0.26' -> (10, 3, 0, 26), '11.1' -> (11, 1, 0, 0): major, minor, patch, build; unparsable parts count
+    as 0, so versions written with fewer parts compare as their zero-padded form."""
+    parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in str(version).split(".")[:4]]
+    return tuple(parts + [0] * (4 - len(parts)))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -218,6 +218,7 @@ def _validate(p: Pipeline) -> None:
     from models import MODELS  # late: keeps config importable without building models
 
     from .compile.compat import known_tensorrt_versions
+    from .compile.pre_post import MAX_CLASSES
 
     for i, v in enumerate(p.tensorrt.check_versions):
         if v not in known_tensorrt_versions():
@@ -247,6 +248,9 @@ def _validate(p: Pipeline) -> None:
             raise UserError(f"{where}.palette: need {m.num_classes} [R, G, B] colours")
         if len(set(m.precisions)) != len(m.precisions):
             raise UserError(f"{where}.precisions: {m.precisions} repeats a precision")
+        if m.embed_pre_post and m.num_classes > MAX_CLASSES:
+            raise UserError(f"{where}.embed_pre_post: {m.num_classes} classes do not fit the engine's uint8 class map "
+                            f"(at most {MAX_CLASSES}); set embed_pre_post: false")
 
 
 def _classes_from_weights(m: ModelConfig, pipeline: Pipeline) -> None:

@@ -255,3 +255,32 @@ def test_gridsample_mode_spelling_per_opset(version):
     assert "mode='linear' (the default at opset 20)" in rule
     (rule,) = _rules(check_tensorrt_compat(sample(20, mode="cubic"), version), "sample")
     assert "spelling of 'bicubic'" in rule
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+@pytest.mark.parametrize("source, target, allowed", [
+    (TensorProto.INT64, TensorProto.UINT8, False),  # an argmax's indices straight to a uint8 class map
+    (TensorProto.INT32, TensorProto.UINT8, False),
+    (TensorProto.UINT8, TensorProto.INT32, False),
+    (TensorProto.UINT8, TensorProto.BOOL, False),
+    (TensorProto.FLOAT, TensorProto.UINT8, True),
+    (TensorProto.FLOAT16, TensorProto.UINT8, True),
+    (TensorProto.UINT8, TensorProto.FLOAT, True),
+    (TensorProto.INT64, TensorProto.FLOAT, True),  # no UINT8 involved: not this rule's business
+])
+def test_uint8_casts_only_from_and_to_float_and_half(version, source, target, allowed):
+    nodes = [helper.make_node("Cast", ["x"], ["y"], "io/cast", to=target)]
+    violations = check_tensorrt_compat(_model(nodes, [_vi("x", [1, 4], source)], [_vi("y", [1, 4], target)]), version)
+    rules = _rules(violations, "io/cast")
+    if allowed:
+        assert rules == []
+    else:
+        assert len(rules) == 1 and "converts UINT8 only from and to FP32 and FP16" in rules[0]
+        assert "cast through FLOAT" in rules[0] and "NvInferRuntimeBase.h" in rules[0]
+
+
+def test_uint8_castlike_is_checked_with_its_second_input_type():
+    nodes = [helper.make_node("CastLike", ["x", "like"], ["y"], "io/castlike")]
+    model = _model(nodes, [_vi("x", [1, 4], TensorProto.INT64), _vi("like", [1], TensorProto.UINT8)],
+                   [_vi("y", [1, 4], TensorProto.UINT8)])
+    assert any("INT64 -> UINT8" in r for r in _rules(check_tensorrt_compat(model, OLDEST), "io/castlike"))

@@ -35,6 +35,8 @@ def test_default_pipeline_loads():
     ({"models": [{"name": "bisenetv2"}], "backends": ["openvino"]}, "backends[0]: 'openvino' is not one of onnxruntime, tensorrt"),
     ({"models": [{"name": "bisenetv2"}], "calibration": {"method": "kl"}}, "calibration.method: 'kl' is not one of minmax"),
     ({"models": [{"name": "bisenetv2"}], "tensorrt": {"dla_core": "zero"}}, "tensorrt.dla_core: expected an integer or null"),
+    ({"models": [{"name": "bisenetv2", "num_classes": 300, "embed_pre_post": True}]},
+     "models[0].embed_pre_post: 300 classes do not fit the engine's uint8 class map (at most 256)"),
     ({"models": [{"name": "bisenetv2"}], "tensorrt": {"check_versions": ["9.0"]}}, "tensorrt.check_versions[0]: '9.0' is not one of 10.3"),
     ({"models": [{"name": "bisenetv2"}], "parity": {"fp16": {"max_abs_error": "small"}}}, "parity.fp16.max_abs_error: expected a number or null"),
     ({"out_dir": "build"}, "models: missing"),

@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import EngineError
-from engines.tensorrt import (TensorRTOptions, TensorRTRunner, Ticket, TicketQueue, build_engine, device_info,
-                              unavailable_reason)
+from engines.tensorrt import (TensorRTOptions, TensorRTRunner, Ticket, TicketQueue, build_engine, check_profile,
+                              device_info, unavailable_reason)
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = unavailable_reason()
@@ -60,6 +60,18 @@ def reference(onnx_path: Path, images: np.ndarray) -> np.ndarray:
     return session.run(["logits"], {"images": images})[0]
 
 
+def assert_plan_matches(plan: bytes, onnx_path: Path, folder: Path, seed: int, tolerance: float = 1e-2,
+                        **runner_options) -> None:
+    """Write ``plan``, run it on one random (1, 3, 32, 32) batch and compare with ONNX Runtime running ``onnx_path``.
+    TF32 (on by default for FP32 convolutions on Ampere and newer) allows ~1e-3 relative error; FP16 more."""
+    path = folder / f"plan_{seed}.plan"
+    path.write_bytes(plan)
+    images = np.random.default_rng(seed).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with TensorRTRunner(path, **runner_options) as runner:
+        np.testing.assert_allclose(runner.infer({"images": images})["logits"], reference(onnx_path, images),
+                                   rtol=tolerance, atol=tolerance)
+
+
 # ---------------------------------------------------------------------------------------------- run everywhere
 
 def test_unavailable_reason_is_a_string_when_tensorrt_is_absent(monkeypatch):
@@ -70,6 +82,7 @@ def test_unavailable_reason_is_a_string_when_tensorrt_is_absent(monkeypatch):
     finally:
         unavailable_reason.cache_clear()
     assert isinstance(reason, str) and "TensorRT is not installed" in reason and "\n" not in reason
+    assert "tensorrt-cu12" in reason or "comes with JetPack" in reason
 
 
 def test_unavailable_reason_is_cached_and_never_raises():
@@ -229,16 +242,44 @@ def test_runner_rejects_shapes_outside_the_profile_and_wrong_dtypes(conv_relu):
 
 @needs_tensorrt
 def test_timing_cache_is_written_and_reused(conv_relu, tmp_path):
+    from engines.tensorrt import build, device_info, timing_cache_file
+
     onnx_path, _, options = conv_relu
-    cache = options.timing_cache
-    assert cache.is_file() and cache.stat().st_size > 0, "the first build must write the timing cache"
-    plan = build_engine(onnx_path, options)  # loads the cache, builds, saves it back
-    assert plan and cache.is_file() and cache.stat().st_size > 0
-    (tmp_path / "again.plan").write_bytes(plan)
-    images = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    with TensorRTRunner(tmp_path / "again.plan") as runner:
-        np.testing.assert_allclose(runner.infer({"images": images})["logits"], reference(onnx_path, images),
-                                   rtol=1e-2, atol=1e-2)
+    cache = timing_cache_file(options.timing_cache, device_info())
+    assert cache.is_file() and cache.stat().st_size > 0, "the first build must write this device's timing cache"
+    again = build(onnx_path, options)  # loads the cache, builds, merges it back
+    # A cache TensorRT rejected would still leave a file behind; only "loaded" says its entries were used.
+    assert (again.timing_cache, again.timing_cache_status) == (cache, "loaded")
+    assert_plan_matches(again.plan, onnx_path, tmp_path, seed=2)
+
+
+@needs_tensorrt
+def test_parallel_builds_keep_every_entry_of_the_shared_timing_cache(tmp_path):
+    import threading
+
+    from engines.tensorrt import build
+
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    base = tmp_path / "timing.cache"
+    results, errors = [], []
+
+    def one(shape):
+        try:
+            results.append(build(onnx_path, TensorRTOptions.fixed(shape, workspace_mib=256, timing_cache=base)))
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=((1, 3, 16 * (i + 1), 32),)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 2
+    cache = results[0].timing_cache
+    assert all(result.timing_cache == cache for result in results) and cache.is_file()
+    assert not list(tmp_path.glob("*.tmp"))  # both writes completed under the lock
+    assert build(onnx_path, TensorRTOptions.fixed((1, 3, 16, 32), workspace_mib=256,
+                                                  timing_cache=base)).timing_cache_status == "loaded"
 
 
 @needs_tensorrt
@@ -335,42 +376,362 @@ def test_deactivate_with_frames_in_flight_frees_them_and_invalidates_their_ticke
 @needs_tensorrt
 def test_device_info_describes_the_gpu():
     info = device_info()
-    assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability"}
+    assert set(info) == {"tensorrt_version", "gpu_name", "compute_capability", "os", "cpu_arch", "gpu_kind"}
     major, minor = info["compute_capability"].split(".")
     assert major.isdigit() and minor.isdigit() and info["gpu_name"]
 
 
 # Manifest checks run everywhere: they compare what a plan was built for with what this machine has.
-ORIN = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+ORIN = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
+        "os": "Linux", "cpu_arch": "aarch64", "gpu_kind": "integrated"}
+RTX = {"tensorrt_version": "10.3.0", "gpu_name": "RTX 4090", "compute_capability": "8.9",
+       "os": "Linux", "cpu_arch": "x86_64", "gpu_kind": "discrete"}
 
 
-def plan_manifest(**tensorrt_options):
-    return {"model": "bisenetv2", "backend": "tensorrt", "backend_version": "10.3.0",
-            "device": {"gpu_name": "Orin", "compute_capability": "8.7"},
+def plan_manifest(device=ORIN, version="10.3.0", **tensorrt_options):
+    return {"model": "bisenetv2", "backend": "tensorrt", "backend_version": version,
+            "device": {k: v for k, v in device.items() if k != "tensorrt_version"},
             "tensorrt": {"version_compatible": False, "hardware_compatibility": None, **tensorrt_options}}
 
 
-@pytest.mark.parametrize("options, device, message", [
-    ({}, {**ORIN, "tensorrt_version": "10.13.0"}, "built with TensorRT 10.3.0, this machine has 10.13.0"),
-    ({}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}, "built for Orin (compute capability 8.7)"),
-    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "11.1.0"}, "does not extend to TensorRT 11.1.0"),
-    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
+@pytest.mark.parametrize("manifest, device, message", [
+    (plan_manifest(), {**ORIN, "tensorrt_version": "10.13.0"}, "built with TensorRT 10.3.0, this machine has 10.13.0"),
+    (plan_manifest(), {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
+     "built for Orin (compute capability 8.7), this GPU is Xavier (7.2)"),
+    # Version compatibility promises later runtimes only: to the patch and build number, and never backwards.
+    (plan_manifest(version="10.3.0.30", version_compatible=True), {**ORIN, "tensorrt_version": "10.3.0.26"},
+     "runs on the same or later TensorRT versions only, not on this machine's older 10.3.0.26"),
+    (plan_manifest(version="11.1.0", version_compatible=True), {**ORIN, "tensorrt_version": "10.16.1"},
+     "not on this machine's older 10.16.1"),
+    (plan_manifest(version="8.6.1", version_compatible=True), {**ORIN, "tensorrt_version": "11.1.0"},
+     "only 8 -> 10, 10 -> 11, not 8 -> 11"),
+    (plan_manifest(hardware_compatibility="ampere_plus"), {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"},
      "built for Ampere or newer GPUs"),
+    # Platforms: no option makes a plan portable across them, hardware compatibility included.
+    (plan_manifest(RTX, hardware_compatibility="ampere_plus"), ORIN,
+     "built on Linux x86_64 with a discrete GPU, this machine is Linux aarch64 with a Jetson's integrated GPU"),
+    (plan_manifest({**RTX, "cpu_arch": "aarch64"}, version_compatible=True, hardware_compatibility="ampere_plus"),
+     ORIN, "with a discrete GPU, this machine is Linux aarch64 with a Jetson's integrated GPU"),
+    (plan_manifest({**RTX, "os": "Windows", "cpu_arch": "AMD64"}), RTX, "built on Windows AMD64"),
+    ({**plan_manifest(), "device": {"gpu_name": "Orin", "compute_capability": "8.7"}}, ORIN,
+     "records no build platform"),
 ])
-def test_plan_built_for_another_machine_is_refused(options, device, message):
+def test_plan_built_for_another_machine_is_refused(manifest, device, message):
     from engines.tensorrt import check_manifest
 
     with pytest.raises(EngineError, match="rebuild it on this machine") as info:
-        check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+        check_manifest(manifest, Path("fp16.plan"), device)
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("options, device", [
-    ({}, ORIN),
-    ({"version_compatible": True}, {**ORIN, "tensorrt_version": "10.16.1"}),
-    ({"hardware_compatibility": "ampere_plus"}, {**ORIN, "gpu_name": "RTX 4090", "compute_capability": "8.9"}),
+@pytest.mark.parametrize("manifest, device", [
+    (plan_manifest(), ORIN),
+    (plan_manifest(version="10.3.0"), {**ORIN, "tensorrt_version": "10.3.0.0"}),  # the same version, spelt longer
+    (plan_manifest(version_compatible=True), {**ORIN, "tensorrt_version": "10.16.1"}),
+    (plan_manifest(version="10.3.0.26", version_compatible=True), {**ORIN, "tensorrt_version": "10.3.0.30"}),
+    # TensorRT 10 version-compatible plans run on TensorRT 11 (11.4.1 Support Matrix, Engine Portability).
+    (plan_manifest(version_compatible=True), {**ORIN, "tensorrt_version": "11.1.0"}),
+    (plan_manifest(RTX, hardware_compatibility="ampere_plus"), {**RTX, "gpu_name": "A100", "compute_capability": "8.0"}),
+    (plan_manifest(RTX, version_compatible=True, hardware_compatibility="ampere_plus"),
+     {**RTX, "tensorrt_version": "11.4.1", "gpu_name": "H100", "compute_capability": "9.0"}),
 ])
-def test_plan_for_this_machine_is_accepted(options, device):
+def test_plan_for_this_machine_is_accepted(manifest, device):
     from engines.tensorrt import check_manifest
 
-    check_manifest(plan_manifest(**options), Path("fp16.plan"), device)
+    check_manifest(manifest, Path("fp16.plan"), device)
+
+
+def test_host_platform_names_os_cpu_and_gpu_kind():
+    import platform
+
+    from engines.tensorrt import host_platform
+
+    assert host_platform(True) == {"os": platform.system(), "cpu_arch": platform.machine(), "gpu_kind": "integrated"}
+    assert host_platform(False)["gpu_kind"] == "discrete"
+
+
+# embed_pre_post: the TensorRT-bound graph takes uint8 frames (N, H, W, 3) and returns a uint8 class map.
+def test_profile_of_an_embedded_pre_post_graph_is_for_its_frames():
+    from export.compile.backends import tensorrt_profile
+    from export.config import InputSize, ModelConfig
+
+    size = InputSize(size=[64, 96], min=[32, 64], max=[128, 192])
+    plain = tensorrt_profile(ModelConfig("bisenetv2", input=size))
+    assert plain == {"input_name": "images", "min_shape": (1, 3, 32, 64), "opt_shape": (1, 3, 64, 96),
+                     "max_shape": (1, 3, 128, 192)}
+    embedded = tensorrt_profile(ModelConfig("bisenetv2", input=size, embed_pre_post=True))
+    assert embedded == {"input_name": "frames", "min_shape": (1, 32, 64, 3), "opt_shape": (1, 64, 96, 3),
+                        "max_shape": (1, 128, 192, 3)}
+    options = TensorRTOptions(**embedded)
+    # What the parsed network of an embedded graph looks like: one input 'frames', N/H/W dynamic, 3 channels last.
+    check_profile(["frames"], (-1, -1, -1, 3), options, Path("fp16.onnx"))
+    with pytest.raises(EngineError, match=r"has inputs \['images'\]; the options profile exactly one input 'frames'"):
+        check_profile(["images"], (-1, 3, -1, -1), options, Path("fp16.onnx"))
+    with pytest.raises(EngineError, match="fixed size 3 in dimension 3"):  # a channels-first profile on frames
+        check_profile(["frames"], (-1, -1, -1, 3), TensorRTOptions(**{**plain, "input_name": "frames"}),
+                      Path("fp16.onnx"))
+
+
+def test_embedded_pre_post_graph_passes_tensorrt_type_rules_and_computes_the_class_map(tmp_path):
+    import onnxruntime as ort
+
+    from export.compile.compat import check_tensorrt_compat
+    from export.compile.pre_post import embed_pre_post
+
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    embedded = embed_pre_post(onnx.load(onnx_path), mean, std)
+    for version in ("10.3", "11.1"):
+        assert check_tensorrt_compat(embedded, version) == [], version
+    frames = np.random.default_rng(0).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    session = ort.InferenceSession(embedded.SerializeToString(), providers=["CPUExecutionProvider"])
+    classes = session.run(["classes"], {"frames": frames})[0]
+    images = ((frames.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, reference(onnx_path, images).argmax(1))
+def test_ampere_plus_is_refused_before_building_on_an_older_gpu():
+    from engines.tensorrt import build_problem
+
+    options = TensorRTOptions.fixed((1, 3, 64, 64), hardware_compatibility="ampere_plus")
+    xavier = {**ORIN, "gpu_name": "Xavier", "compute_capability": "7.2"}
+    assert "only on Ampere or newer GPUs" in build_problem(options, xavier)
+    assert build_problem(options, ORIN) is None and build_problem(TensorRTOptions.fixed((1, 3, 64, 64)), xavier) is None
+
+
+# DLA: which precisions it can run, and where a build's layers went (plain Python over what TensorRT reports).
+@pytest.mark.parametrize("precision, refused", [("fp32", True), ("fp16", False), ("int8", False)])
+def test_dla_refuses_precisions_it_cannot_run(precision, refused):
+    from engines.tensorrt import dla_precision_problem
+
+    problem = dla_precision_problem(precision, 0)
+    assert (problem is not None) == refused
+    if refused:
+        assert "every layer would fall back to the GPU" in problem and "--precisions fp16,int8" in problem
+    assert dla_precision_problem(precision, None) is None
+
+
+def test_dla_report_names_the_layers_that_fall_back_to_the_gpu():
+    import json
+
+    from engines.tensorrt import dla_problem, dla_report, dla_summary, engine_layers
+
+    # The inspector's two documented shapes: names only (LAYER_NAMES_ONLY), or objects (DETAILED).
+    names_only = json.dumps({"Layers": ["images to nvm", "{ForeignNode[conv1...relu3]}", "logits from nvm"]})
+    detailed = json.dumps({"Layers": [{"Name": "{ForeignNode[conv1...relu3]}", "LayerType": "DLA"},
+                                      {"Name": "resize", "LayerType": "Resize"}], "Bindings": ["images", "logits"]})
+    assert [layer["name"] for layer in engine_layers(names_only)][1] == "{ForeignNode[conv1...relu3]}"
+    assert engine_layers(detailed)[1] == {"name": "resize", "type": "Resize"}
+    assert engine_layers("not json") == []
+    placement = [("conv1", True), ("relu1", True), ("resize", False), ("argmax", False)]
+    report = dla_report(0, placement, detailed)
+    assert (report["on_dla"], report["network_layers"], report["gpu_fallback"]) == (2, 4, ["resize", "argmax"])
+    assert dla_summary(report) == "DLA core 0: 2 of 4 layers on DLA; on the GPU: resize, argmax"
+    assert dla_problem(report) is None
+    nothing = dla_report(1, [("conv1", False), ("relu1", False)], names_only)
+    assert "none of the 2 layers can run on DLA" in dla_problem(nothing)
+
+
+def test_build_time_parity_runs_the_plan_as_it_was_built(tmp_path):
+    from export.compile.backends import verification_runner
+    from export.config import TensorRTConfig
+
+    runner = verification_runner(tmp_path / "fp16.plan.verify", TensorRTConfig(dla_core=1, version_compatible=True))
+    assert (runner.dla_core, runner.version_compatible) == (1, True)  # constructing touches neither TensorRT nor CUDA
+
+
+# Timing caches: one file per device, merged under a lock.
+def test_timing_cache_file_is_keyed_by_device(tmp_path):
+    from engines.tensorrt import timing_cache_file
+
+    orin = timing_cache_file(tmp_path / "timing.cache", ORIN)
+    assert orin == tmp_path / "timing.orin-sm87-trt10.3.0-linux-aarch64.cache"
+    assert timing_cache_file(tmp_path / "timing.cache", RTX) == tmp_path / "timing.rtx-4090-sm89-trt10.3.0-linux-x86_64.cache"
+    assert timing_cache_file(tmp_path / "timing.cache", {**ORIN, "tensorrt_version": "10.3.0.30"}) != orin
+
+
+class RecordedCache:
+    """Stands in for ITimingCache's two calls used here, combine and serialize (NvInferRuntime.h), to test the
+    order of our own steps: lock, read, merge, write. It computes nothing of TensorRT's."""
+
+    def __init__(self, entries):
+        self.entries = set(entries)
+
+    def combine(self, other, ignore_mismatch):
+        assert ignore_mismatch is True  # as Polygraphy merges
+        self.entries |= other.entries
+        return True
+
+    def serialize(self):
+        return ",".join(sorted(self.entries)).encode()
+
+
+def load_recorded(data: bytes) -> RecordedCache:
+    return RecordedCache(data.decode().split(",") if data else [])
+
+
+def test_parallel_builds_merge_their_timing_caches_instead_of_replacing_them(tmp_path):
+    import threading
+
+    from engines.tensorrt import save_timing_cache
+
+    path = tmp_path / "timing.orin.cache"
+    save_timing_cache(RecordedCache({"conv 3x3"}), path, load_recorded)
+    barrier = threading.Barrier(4)
+
+    def build(tactic):
+        barrier.wait()  # four builds finishing at once
+        assert save_timing_cache(RecordedCache({tactic}), path, load_recorded)
+
+    threads = [threading.Thread(target=build, args=(f"layer {i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert load_recorded(path.read_bytes()).entries == {"conv 3x3", "layer 0", "layer 1", "layer 2", "layer 3"}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_file_lock_excludes_other_holders(tmp_path):
+    import threading
+    import time
+
+    from engines.tensorrt import file_lock
+
+    events = []
+
+    def hold(name):
+        with file_lock(tmp_path / "timing.cache"):
+            events.append(f"{name} in")
+            time.sleep(0.05)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT + GPU: the
+# options as the device meets them, and the runner driven the way the video runtime drives it.
+
+@needs_tensorrt
+def test_submit_and_collect_from_threads_other_than_the_one_that_activated(conv_relu):
+    import threading
+
+    onnx_path, plan_path, _ = conv_relu
+    rng = np.random.default_rng(6)
+    frames = [frame(rng, (1, 3, 32, 32)) for _ in range(6)]
+    runner = TensorRTRunner(plan_path).activate()  # the main thread activates, as runtime/ does before its threads
+    outputs, errors = {}, []
+
+    def inference_thread():  # like runtime/pipeline.py's: submit frame n+1, then collect frame n
+        try:
+            pending = []
+            for n, images in enumerate(frames):
+                pending.append((n, runner.submit({"images": images})))
+                if len(pending) == 2:
+                    done, ticket = pending.pop(0)
+                    outputs[done] = runner.collect(ticket)["logits"]
+            for done, ticket in pending:
+                outputs[done] = runner.collect(ticket)["logits"]
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=inference_thread)
+    worker.start()
+    worker.join(timeout=60)
+    # A frame submitted on one thread and collected on another (one call at a time, as the runner's contract says).
+    ticket = []
+    submitter = threading.Thread(target=lambda: ticket.append(runner.submit({"images": frames[0]})))
+    submitter.start()
+    submitter.join(timeout=60)
+    handed_over = {}
+    collector = threading.Thread(target=lambda: handed_over.update(runner.collect(ticket[0])))
+    collector.start()
+    collector.join(timeout=60)
+    runner.deactivate()  # back on the main thread
+    assert not errors, errors
+    for n, images in enumerate(frames):
+        np.testing.assert_allclose(outputs[n], reference(onnx_path, images), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(handed_over["logits"], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_tensorrt
+def test_version_compatible_plan_loads_and_matches_onnxruntime(tmp_path):
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    plan = build_engine(onnx_path, TensorRTOptions.fixed((1, 3, 32, 32), workspace_mib=256, version_compatible=True))
+    assert_plan_matches(plan, onnx_path, tmp_path, seed=7, version_compatible=True)  # allows the lean runtime's code
+
+
+@needs_tensorrt
+def test_hardware_compatible_plan_builds_on_ampere_or_is_refused_before_building(tmp_path):
+    from engines.tensorrt import _version
+
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    options = TensorRTOptions.fixed((1, 3, 32, 32), workspace_mib=256, hardware_compatibility="ampere_plus")
+    if _version(device_info()["compute_capability"])[:2] < (8, 0):
+        with pytest.raises(EngineError, match="only on Ampere or newer GPUs"):
+            build_engine(onnx_path, options)
+        return
+    assert_plan_matches(build_engine(onnx_path, options), onnx_path, tmp_path, seed=8)
+
+
+def conv_relu_fp16_onnx(path: Path) -> Path:
+    """conv_relu in FP16 behind casts (a strongly typed FP16 graph, as the fp16 precision writes them): what DLA runs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(conv_relu_onnx(path.with_name("fp32_" + path.name)))
+    onnx.save(convert_float_to_float16(model, keep_io_types=True), path)
+    return path
+
+
+@needs_tensorrt
+def test_dla_build_reports_its_placement_and_runs_on_the_dla_core(tmp_path):
+    import tensorrt as trt
+
+    from engines.tensorrt import build
+
+    if trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores == 0:
+        pytest.skip(f"this {device_info()['gpu_name']} has no DLA core (Jetson AGX Xavier / AGX Orin have them)")
+    onnx_path = conv_relu_fp16_onnx(tmp_path / "fp16.onnx")
+    built = build(onnx_path, TensorRTOptions.fixed((1, 3, 32, 32), workspace_mib=256, dla_core=0))
+    assert built.dla["on_dla"] > 0 and built.dla["engine_layers"], built.dla
+    assert_plan_matches(built.plan, onnx_path, tmp_path, seed=9, tolerance=2e-2, dla_core=0)
+
+
+@needs_tensorrt
+def test_embedded_pre_post_engine_takes_frames_and_returns_the_class_map(tmp_path):
+    import onnxruntime as ort
+
+    from export.compile.pre_post import embed_pre_post
+
+    onnx_path = conv_relu_onnx(tmp_path / "model.onnx")
+    embedded = tmp_path / "embedded.onnx"
+    onnx.save(embed_pre_post(onnx.load(onnx_path), [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]), embedded)
+    options = TensorRTOptions(min_shape=(1, 16, 16, 3), opt_shape=(1, 32, 32, 3), max_shape=(1, 64, 64, 3),
+                              workspace_mib=256, input_name="frames")
+    (tmp_path / "embedded.plan").write_bytes(build_engine(embedded, options))
+    frames = np.random.default_rng(10).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    want = ort.InferenceSession(str(embedded), providers=["CPUExecutionProvider"]).run(["classes"], {"frames": frames})[0]
+    with TensorRTRunner(tmp_path / "embedded.plan") as runner:
+        got = runner.infer({"frames": frames})["classes"]
+    assert got.dtype == np.uint8 and got.shape == (1, 32, 48)
+    assert (got == want).mean() > 0.99  # TF32 may flip a near-tie
+
+
+def test_install_hint_says_per_platform_what_to_install():
+    import tomllib
+
+    from engines.tensorrt import install_hint
+
+    jetson, desktop = install_hint(True), install_hint(False)
+    assert "comes with JetPack" in jetson and "--system-site-packages" in jetson and "never pip install tensorrt" in jetson
+    assert ".[tensorrt-cu12]" in desktop and ".[tensorrt-cu13]" in desktop
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # Each TensorRT requirement is pinned to one CUDA major's wheel and below the next TensorRT major.
+    assert extras["tensorrt-cu12"][0].startswith("tensorrt-cu12>=10.3,") and "<12" in extras["tensorrt-cu12"][0]
+    assert extras["tensorrt-cu13"][0].startswith("tensorrt-cu13>=") and "<12" in extras["tensorrt-cu13"][0]
+    assert not any(r.split(">")[0].split("=")[0].strip() == "tensorrt" for rs in extras.values() for r in rs)
+    assert extras["jetson"] == ["pycuda>=2025.1.2"]

@@ -17,8 +17,12 @@ from engines import artifacts as layout
 from engines.base import EngineError, Runner
 from engines.cpu import this_cpu
 
-from ..config import ModelConfig, Pipeline
+from engines.tensorrt import dla_precision_problem  # plain Python: importing it imports no TensorRT
+
+from ..config import ModelConfig, Pipeline, TensorRTConfig
 from ..errors import UserError
+from ..log import log
+from .pre_post import FRAMES
 
 
 @dataclass
@@ -99,27 +103,53 @@ class TensorRTBackend(Backend):
     def compile(self, ctx, graph, precision):
         from engines import tensorrt as trt_engine
 
-        settings, size = ctx.pipeline.tensorrt, ctx.cfg.input
+        settings = ctx.pipeline.tensorrt
         graph_path = layout.precision_graph(ctx.out, ctx.cfg.name, self.target, precision)
         options = trt_engine.TensorRTOptions(
-            min_shape=(1, 3, *(size.min or size.size)), opt_shape=(1, 3, *size.size),
-            max_shape=(1, 3, *(size.max or size.size)), workspace_mib=settings.workspace_mib,
+            **tensorrt_profile(ctx.cfg), workspace_mib=settings.workspace_mib,
             dla_core=settings.dla_core, version_compatible=settings.version_compatible,
             hardware_compatibility=settings.hardware_compatibility,
             timing_cache=Path(ctx.out) / settings.timing_cache,
             builder_optimization_level=settings.builder_optimization_level,
         )
+        problem = trt_engine.dla_precision_problem(precision, settings.dla_core)
+        if problem:
+            raise UserError(f"{ctx.cfg.name} {precision} tensorrt: {problem}")
         try:
-            plan = trt_engine.build_engine(graph_path, options)
+            built = trt_engine.build(graph_path, options)
         except EngineError as exc:
             raise UserError(f"{ctx.cfg.name} {precision}: TensorRT build failed: {exc}") from None
+        if built.dla is not None:
+            log(f"  {ctx.cfg.name} {precision} tensorrt: {trt_engine.dla_summary(built.dla)}")
         tmp = graph_path.with_suffix(".plan.verify")
-        tmp.write_bytes(plan)
+        tmp.write_bytes(built.plan)
         try:
-            parity = ctx.parity(lambda: trt_engine.TensorRTRunner(tmp, version_compatible=settings.version_compatible))
+            parity = ctx.parity(lambda: verification_runner(tmp, settings))
         finally:
             tmp.unlink(missing_ok=True)
-        return Compiled(plan, parity, trt_engine.device_info())
+        device = trt_engine.device_info()
+        return Compiled(built.plan, parity, device if built.dla is None else {**device, "dla": built.dla})
+
+
+def verification_runner(plan: Path, settings: TensorRTConfig) -> Runner:
+    """The runner build-time parity measures a fresh plan with: loaded as the device will load it, with the same
+    version compatibility and DLA core it was built for."""
+    from engines.tensorrt import TensorRTRunner
+
+    return TensorRTRunner(plan, version_compatible=settings.version_compatible, dla_core=settings.dla_core)
+
+
+def tensorrt_profile(cfg: ModelConfig) -> dict:
+    """The optimization profile of the TensorRT-bound graph's one input, at batch 1 (the exported graph fixes N = 1):
+    normalized ``images`` (1, 3, H, W), or with ``embed_pre_post`` uint8 ``frames`` (1, H, W, 3)
+    (export/compile/pre_post.py); H and W from ``input.min``/``size``/``max``."""
+    size = cfg.input
+
+    def shape(hw: list[int]) -> tuple[int, int, int, int]:
+        return (1, *hw, 3) if cfg.embed_pre_post else (1, 3, *hw)
+
+    return {"input_name": FRAMES if cfg.embed_pre_post else "images", "min_shape": shape(size.min or size.size),
+            "opt_shape": shape(size.size), "max_shape": shape(size.max or size.size)}
 
 
 class TensorRTGraph(TensorRTBackend):
@@ -135,6 +165,9 @@ class TensorRTGraph(TensorRTBackend):
         return "graph"
 
     def compile(self, ctx, graph, precision):
+        problem = dla_precision_problem(precision, ctx.pipeline.tensorrt.dla_core)
+        if problem:  # said here already, so that the graph is not carried to the device to be refused there
+            log(f"  warning: {ctx.cfg.name} {precision} tensorrt: {problem}")
         # A TensorRT plugin node cannot run in ONNX Runtime: it is measured as its decomposition (the plugin's
         # own kernel is not run here; export/compile/plugins.py).
         import onnx

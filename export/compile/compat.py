@@ -490,7 +490,7 @@ def _gridsample_mode(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
 
 _TYPE_NAMES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.BFLOAT16: "BF16",
                onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64", onnx.TensorProto.INT8: "INT8",
-               onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.DOUBLE: "FP64"}
+               onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.UINT8: "UINT8"}
 
 
 @_rule("plugin_inputs")
@@ -520,6 +520,26 @@ def _plugin_inputs(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
     if len(set(float_types)) > 1:
         yield (f"float inputs of different types ({', '.join(float_types)}): the plugin takes all of them in "
                f"one type")
+
+
+@_rule("uint8_cast")
+def _uint8_cast(node: _Node, params: Mapping[str, Any]) -> Iterator[str]:
+    # TensorRT converts UINT8 only from and to FLOAT and HALF (NvInferRuntimeBase.h, DataType::kUINT8); the ONNX
+    # parser turns Cast/CastLike into an ICastLayer with the types as given, so e.g. INT64 -> UINT8 fails on the device.
+    source = node.input_type(0)
+    target = node.attr("to") if node.proto.op_type == "Cast" else node.input_type(1)
+    uint8 = onnx.TensorProto.UINT8
+    if uint8 not in (source, target) or source == target:
+        return
+    allowed = params["convertible"]
+    names = [None if t is None else _TYPE_NAMES.get(t, onnx.TensorProto.DataType.Name(t)) for t in (source, target)]
+    other = names[1] if source == uint8 else names[0]
+    if other is None:
+        yield (f"a UINT8 conversion whose other type is unknown, so 'UINT8 converts only from/to "
+               f"{', '.join(allowed)}' cannot be checked statically: run shape inference")
+    elif other not in allowed:
+        yield (f"{names[0]} -> {names[1]}: TensorRT {node.version} converts UINT8 only from and to "
+               f"{' and '.join(allowed)}; cast through FLOAT (e.g. {names[0]} -> FLOAT -> {names[1]})")
 
 
 @_rule("constant_inputs")
