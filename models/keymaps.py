@@ -8,6 +8,7 @@ the first that matches wins. A replacement ending in ``#k`` names part ``k`` of 
 are concatenated along dim 0 in ``k`` order (a key and a value projection stored apart, ours one ``kv``
 Linear). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
+``conv_norm`` writes the pair of rules for the unit most CNN sources are built of.
 """
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ class KeyMap:
     renames: tuple[tuple[str, str], ...]
     drop: tuple[str, ...] = ()
     note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
+
+
+def conv_norm(src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The rules for a conv + BatchNorm unit whose children are ``conv`` and ``bn`` (mmcv's ``ConvModule``,
+    CoinCheung's ``ConvBNReLU``) at ``src`` (a pattern), ours a ``ConvNormAct`` (children ``0`` and ``1``) at
+    ``dst`` (a replacement, which may refer to ``src``'s groups)."""
+    return ((src + r"\.conv\.(?P<param>\w+)", dst + r".0.\g<param>"),
+            (src + r"\.bn\.(?P<param>\w+)", dst + r".1.\g<param>"))
 
 
 @dataclass

@@ -1,0 +1,293 @@
+"""Checkpoints of mmsegmentation and CoinCheung/BiSeNet (the families' MMSEG_KEYS and COINCHEUNG_KEYS tables).
+
+mmcv and mmseg cannot be installed here, so each test writes a checkpoint in the source's exact layout: the
+writers below spell out the source's key names and shapes from its code and configs (cited at each writer), key
+by key and independently of the tables, and fill them with the tensors of one of our randomly initialised
+models. Imported into a fresh model, the checkpoint must give that model's outputs exactly, and the parameter
+count summed over the written shapes (the source's deployed network) must be the imported model's."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from export.compile.checkpoints import read_checkpoint
+from export.compile.weights import import_weights
+from export.errors import UserError
+from helpers import cli
+from models import count_parameters, create_model, get_spec, training_only_keys
+
+CITYSCAPES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+PALETTE = [[i, 2 * i, 3 * i] for i in range(19)]
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class SourceState:
+    """A state dict in a source's names filled from ``model``'s tensors: each call says which source tensor, of
+    the shape the source's code gives it, holds which of ours."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.ours = model.state_dict()
+        self.state: dict[str, torch.Tensor] = {}
+        self.used: set[str] = set()
+
+    def take(self, ours: str) -> torch.Tensor:
+        self.used.add(ours)
+        return self.ours[ours]
+
+    def put(self, key: str, shape: tuple[int, ...], value: torch.Tensor) -> None:
+        assert key not in self.state, key
+        assert tuple(value.shape) == tuple(shape), f"{key}: ours {tuple(value.shape)}, the source's {shape}"
+        self.state[key] = value.clone()
+
+    def conv(self, key: str, ours: str, cin: int, cout: int, k: int, groups: int = 1, bias: bool = False) -> None:
+        """An nn.Conv2d."""
+        self.put(f"{key}.weight", (cout, cin // groups, k, k), self.take(f"{ours}.weight"))
+        if bias:
+            self.put(f"{key}.bias", (cout,), self.take(f"{ours}.bias"))
+
+    def bn(self, key: str, ours: str, c: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.put(f"{key}.{name}", (c,), self.take(f"{ours}.{name}"))
+        self.put(f"{key}.num_batches_tracked", (), self.take(f"{ours}.num_batches_tracked"))
+
+    def conv_module(self, key: str, ours: str, cin: int, cout: int, k: int, groups: int = 1) -> None:
+        """mmcv's ConvModule with a norm (bias='auto': the conv has none) or CoinCheung's ConvBNReLU: conv, bn;
+        ours a ConvNormAct (0, 1)."""
+        self.conv(f"{key}.conv", f"{ours}.0", cin, cout, k, groups)
+        self.bn(f"{key}.bn", f"{ours}.1", cout)
+
+    def extra(self, key: str, shape: tuple[int, ...]) -> None:
+        """A source tensor with no counterpart in ours (a training-only head of another structure)."""
+        self.state[key] = torch.randn(shape) if shape else torch.tensor(0)
+
+    def parameters(self, skip: tuple[str, ...]) -> int:
+        """The source network's parameters: its BatchNorm statistics and the keys under ``skip`` left out."""
+        return sum(v.numel() for k, v in self.state.items() if not k.endswith(BUFFERS) and not k.startswith(skip))
+
+
+# ------------------------------------------------------------------------------------ the sources' layouts
+
+def mmseg_bisenetv2(model, num_classes, detail=(64, 64, 128), semantic=(16, 32, 64, 128), expansion=6,
+                    head=1024, aux=(16, 64, 256, 1024)) -> SourceState:
+    """mmseg/models/backbones/bisenetv2.py (088894b) and configs/_base_/models/bisenetv2.py (8c68540): FCNHead
+    decode head (128 -> 1024, num_convs=1, concat_input=False) and four FCNHead boosters (num_convs=2)."""
+    s = SourceState(model)
+    cin = 3
+    for i, c in enumerate(detail):  # DetailBranch: detail_branch.{i}, a 3x3 s2 ConvModule then 1 (i = 0) or 2 more
+        for k in range(2 if i == 0 else 3):
+            s.conv_module(f"backbone.detail.detail_branch.{i}.{k}", f"backbone.detail.s{i + 1}.{k}",
+                          cin if k == 0 else c, c, 3)
+        cin = c
+    c = semantic[0]  # StemBlock: conv_first (3x3 s2), convs (1x1 to c/2, 3x3 s2 back to c), pool, fuse_last (2c -> c)
+    mm, ours = "backbone.semantic.stage1", "backbone.semantic.stem"
+    s.conv_module(f"{mm}.conv_first", f"{ours}.conv_first", 3, c, 3)
+    s.conv_module(f"{mm}.convs.0", f"{ours}.conv_branch.0", c, c // 2, 1)
+    s.conv_module(f"{mm}.convs.1", f"{ours}.conv_branch.1", c // 2, c, 3)
+    s.conv_module(f"{mm}.fuse_last", f"{ours}.fuse", 2 * c, c, 3)
+    for i, stage in ((1, "s3"), (2, "s4"), (3, "s5")):  # stage2..4: GELayer stride 2, then 1, 1, 3 of stride 1
+        for j in range(4 if i == 3 else 2):
+            mm, ours = f"backbone.semantic.stage{i + 1}.{j}", f"backbone.semantic.{stage}.{j}"
+            inp, out = semantic[i - 1] if j == 0 else semantic[i], semantic[i]
+            mid = inp * expansion
+            s.conv_module(f"{mm}.conv1", f"{ours}.conv", inp, inp, 3)
+            if j == 0:
+                s.conv_module(f"{mm}.dwconv.0", f"{ours}.dwconv.0", inp, mid, 3, groups=inp)
+                s.conv_module(f"{mm}.dwconv.1", f"{ours}.dwconv.1", mid, mid, 3, groups=mid)
+                # DepthwiseSeparableConvModule: depthwise_conv, pointwise_conv, each a ConvModule with BN
+                s.conv_module(f"{mm}.shortcut.0.depthwise_conv", f"{ours}.shortcut.0", inp, inp, 3, groups=inp)
+                s.conv_module(f"{mm}.shortcut.0.pointwise_conv", f"{ours}.shortcut.1", inp, out, 1)
+            else:
+                s.conv_module(f"{mm}.dwconv.0", f"{ours}.dwconv", inp, mid, 3, groups=inp)
+            s.conv_module(f"{mm}.conv2.0", f"{ours}.project", mid, out, 1)
+    c = semantic[-1]  # CEBlock: gap = (AdaptiveAvgPool2d, BN), conv_gap 1x1, conv_last 3x3
+    s.bn("backbone.semantic.stage4_CEBlock.gap.1", "backbone.semantic.context.norm", c)
+    s.conv_module("backbone.semantic.stage4_CEBlock.conv_gap", "backbone.semantic.context.conv_gap", c, c, 1)
+    s.conv_module("backbone.semantic.stage4_CEBlock.conv_last", "backbone.semantic.context.conv_last", c, c, 3)
+    c = detail[-1]  # BGALayer (bga_channels 128); its DepthwiseSeparableConvModules' pointwise convs have no norm
+    for mm, ours in (("detail_dwconv", "detail_keep"), ("semantic_dwconv", "semantic_keep")):
+        s.conv_module(f"backbone.bga.{mm}.0.depthwise_conv", f"backbone.aggregation.{ours}.0", c, c, 3, groups=c)
+        s.conv(f"backbone.bga.{mm}.0.pointwise_conv.conv", f"backbone.aggregation.{ours}.1", c, c, 1, bias=True)
+    s.conv_module("backbone.bga.detail_down.0", "backbone.aggregation.detail_down.0", c, c, 3)
+    s.conv_module("backbone.bga.semantic_conv.0", "backbone.aggregation.semantic_up", c, c, 3)
+    s.conv_module("backbone.bga.conv", "backbone.aggregation.fuse", c, c, 3)
+    s.conv_module("decode_head.convs.0", "head.seg.0", c, head, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", head, num_classes, 1, bias=True)
+    for k, (cin, ch) in enumerate(zip(semantic, aux)):  # on the stem and stages 2..4 (in_index 1..4)
+        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", cin, ch, 3)
+        s.conv_module(f"auxiliary_head.{k}.convs.1", f"aux_heads.{k}.1", ch, ch, 3)
+        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.3", ch, num_classes, 1, bias=True)
+    return s
+
+
+def coincheung_bisenetv2(model, num_classes) -> SourceState:
+    """CoinCheung/BiSeNet lib/models/bisenetv2.py (6b4b67a; the parameters of c0422a1, which published
+    model_final_v2_city.pth) with aux_mode='train', as tools/train_amp.py saves it: widths fixed in the code."""
+    s = SourceState(model)
+    for i, (cin, c, n) in enumerate(((3, 64, 2), (64, 64, 3), (64, 128, 3))):  # DetailBranch S1..S3, ConvBNReLU
+        for k in range(n):
+            s.conv_module(f"detail.S{i + 1}.{k}", f"backbone.detail.s{i + 1}.{k}", cin if k == 0 else c, c, 3)
+    stem = "backbone.semantic.stem"  # StemBlock: conv, left = (1x1 16 -> 8, 3x3 s2 8 -> 16), right (pool), fuse
+    s.conv_module("segment.S1S2.conv", f"{stem}.conv_first", 3, 16, 3)
+    s.conv_module("segment.S1S2.left.0", f"{stem}.conv_branch.0", 16, 8, 1)
+    s.conv_module("segment.S1S2.left.1", f"{stem}.conv_branch.1", 8, 16, 3)
+    s.conv_module("segment.S1S2.fuse", f"{stem}.fuse", 32, 16, 3)
+    for cc, stage, cin, c, n in (("S3", "s3", 16, 32, 2), ("S4", "s4", 32, 64, 2), ("S5_4", "s5", 64, 128, 4)):
+        for j in range(n):
+            key, ours = f"segment.{cc}.{j}", f"backbone.semantic.{stage}.{j}"
+            inp = cin if j == 0 else c
+            mid = 6 * inp
+            s.conv_module(f"{key}.conv1", f"{ours}.conv", inp, inp, 3)
+            if j == 0:  # GELayerS2: dwconv1 (conv s2, bn), dwconv2 (conv, bn, relu), shortcut (dw s2, bn, 1x1, bn)
+                s.conv(f"{key}.dwconv1.0", f"{ours}.dwconv.0.0", inp, mid, 3, groups=inp)
+                s.bn(f"{key}.dwconv1.1", f"{ours}.dwconv.0.1", mid)
+                s.conv(f"{key}.dwconv2.0", f"{ours}.dwconv.1.0", mid, mid, 3, groups=mid)
+                s.bn(f"{key}.dwconv2.1", f"{ours}.dwconv.1.1", mid)
+                s.conv(f"{key}.shortcut.0", f"{ours}.shortcut.0.0", inp, inp, 3, groups=inp)
+                s.bn(f"{key}.shortcut.1", f"{ours}.shortcut.0.1", inp)
+                s.conv(f"{key}.shortcut.2", f"{ours}.shortcut.1.0", inp, c, 1)
+                s.bn(f"{key}.shortcut.3", f"{ours}.shortcut.1.1", c)
+            else:  # GELayerS1: dwconv (conv, bn, relu)
+                s.conv(f"{key}.dwconv.0", f"{ours}.dwconv.0", inp, mid, 3, groups=inp)
+                s.bn(f"{key}.dwconv.1", f"{ours}.dwconv.1", mid)
+            s.conv(f"{key}.conv2.0", f"{ours}.project.0", mid, c, 1)
+            s.bn(f"{key}.conv2.1", f"{ours}.project.1", c)
+    s.bn("segment.S5_5.bn", "backbone.semantic.context.norm", 128)  # CEBlock
+    s.conv_module("segment.S5_5.conv_gap", "backbone.semantic.context.conv_gap", 128, 128, 1)
+    s.conv_module("segment.S5_5.conv_last", "backbone.semantic.context.conv_last", 128, 128, 3)
+    bga = "backbone.aggregation"  # BGALayer: left1/right2 = (dw 3x3, bn, 1x1 without bias)
+    for cc, ours in (("left1", "detail_keep"), ("right2", "semantic_keep")):
+        s.conv(f"bga.{cc}.0", f"{bga}.{ours}.0.0", 128, 128, 3, groups=128)
+        s.bn(f"bga.{cc}.1", f"{bga}.{ours}.0.1", 128)
+        s.conv(f"bga.{cc}.2", f"{bga}.{ours}.1", 128, 128, 1)
+    for cc, ours in (("left2", "detail_down.0"), ("right1", "semantic_up"), ("conv", "fuse")):  # (3x3, bn, ...)
+        s.conv(f"bga.{cc}.0", f"{bga}.{ours}.0", 128, 128, 3)
+        s.bn(f"bga.{cc}.1", f"{bga}.{ours}.1", 128)
+    s.conv_module("head.conv", "head.seg.0", 128, 1024, 3)  # SegmentHead(128, 1024, n, aux=False)
+    s.conv("head.conv_out.1", "head.seg.2", 1024, num_classes, 1, bias=True)
+    for name, cin, up in (("aux2", 16, 4), ("aux3", 32, 8), ("aux4", 64, 16), ("aux5_4", 128, 32)):
+        # SegmentHead(cin, 128, n, up_factor=up): conv (ConvBNReLU), conv_out.0 = (nearest x2, ConvBNReLU 128 ->
+        # up^2), conv_out.1 (1x1 with bias)
+        for key, ci, co in ((f"{name}.conv", cin, 128), (f"{name}.conv_out.0.1", 128, up * up)):
+            s.extra(f"{key}.conv.weight", (co, ci, 3, 3))
+            for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                s.extra(f"{key}.bn.{b}", () if b == "num_batches_tracked" else (co,))
+        s.extra(f"{name}.conv_out.1.weight", (num_classes, up * up, 1, 1))
+        s.extra(f"{name}.conv_out.1.bias", (num_classes,))
+    return s
+
+
+# name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
+# file adds beside the deployed network)
+CASES = {
+    "bisenetv2": (mmseg_bisenetv2, {}, {}, ("auxiliary_head.",)),
+    "bisenetv2_coincheung": (coincheung_bisenetv2, {}, {}, ("aux2.", "aux3.", "aux4.", "aux5_4.")),
+}
+# Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (none of
+# the sources publishes a count for these models).
+SOURCE_PARAMS = {"bisenetv2": 3_358_883, "bisenetv2_coincheung": 3_358_627}
+
+
+def randomised(name: str, seed: int, **kwargs) -> torch.nn.Module:
+    """A variant with every tensor away from its initial value (fresh BatchNorms are the identity, biases and
+    CCNet's gamma 0), so that a tensor landing in the wrong place changes the output."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=19, **kwargs)
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            if key.endswith("running_var"):
+                t.uniform_(0.5, 2.0)
+            elif t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.1)
+    return model.eval()
+
+
+def save(tmp_path, name: str, s: SourceState, meta: str):
+    path = tmp_path / f"{name}.pth"
+    if meta == "mmseg 0.x":  # mmcv runner (tools/train.py 0.x): CLASSES, PALETTE, version, config text
+        torch.save({"meta": {"CLASSES": CITYSCAPES, "PALETTE": PALETTE, "mmseg_version": "0.20.2",
+                             "config": "model = dict(...)"}, "state_dict": s.state}, path)
+    elif meta == "mmseg 1.x":  # mmengine Runner.save_checkpoint: dataset_meta, epoch/iter, cfg text
+        torch.save({"meta": {"dataset_meta": {"classes": CITYSCAPES, "palette": PALETTE}, "epoch": 0, "iter": 160000,
+                             "cfg": "model = dict(...)", "mmengine_version": "0.10.4"}, "state_dict": s.state}, path)
+    else:  # CoinCheung: torch.save(net.module.state_dict(), ...) (tools/train_amp.py)
+        torch.save(s.state, path)
+    return path
+
+
+@pytest.mark.parametrize("name, meta", [("bisenetv2", "mmseg 0.x"), ("bisenetv2", "mmseg 1.x"),
+                                        ("bisenetv2_coincheung", "plain")])
+def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
+    writer, _, small, extra = CASES[name]
+    kwargs = get_spec(name).test_kwargs
+    source_model = randomised(name, 0, **kwargs)
+    s = writer(source_model, 19, **small)
+    dropped = training_only_keys(source_model) if name == "bisenetv2_coincheung" else set()
+    assert s.used == set(s.ours) - dropped  # the writer put every one of our tensors somewhere
+
+    checkpoint = read_checkpoint(save(tmp_path, name, s, meta))
+    if meta != "plain":
+        assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == ("mmseg", list(CITYSCAPES), PALETTE)
+    imported = randomised(name, 1, **kwargs)
+    report = import_weights(imported, name, checkpoint)
+    assert report.names == ("coincheung" if meta == "plain" else "mmseg")
+    assert report.loaded == len(s.used)
+    assert sorted(report.left_out) == sorted(k for k in s.state if k.startswith(extra) and name.endswith("coincheung"))
+    assert report.reshaped == []
+    assert report.not_loaded == sorted(dropped)
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, result = source_model(images), imported(images)
+    assert torch.isfinite(expected).all() and torch.equal(result, expected)
+    assert count_parameters(imported) == s.parameters(skip=extra)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_is_the_source_configs(name):
+    """At full width (shapes only), the source network the writer lays out from the config has the parameters
+    of the registered variant, and every one of our tensors has its source tensor."""
+    writer, full, _, extra = CASES[name]
+    with torch.device("meta"):
+        model = create_model(name, num_classes=19)
+    s = writer(model, 19, **full)
+    dropped = training_only_keys(model) if name == "bisenetv2_coincheung" else set()
+    assert s.used == set(s.ours) - dropped
+    assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
+
+
+def test_another_architectures_mmseg_file_is_one_line_naming_keys(tmp_path):
+    s = mmseg_bisenetv2(randomised("bisenetv2", 0), 19)
+    checkpoint = read_checkpoint(save(tmp_path, "bisenetv2", s, "mmseg 0.x"))
+    with pytest.raises(UserError) as error:
+        import_weights(create_model("pspnet_r50", num_classes=19), "pspnet_r50", checkpoint)
+    message = str(error.value)
+    assert "\n" not in message and "do not fit pspnet_r50: missing keys: backbone.stem.0.0.weight" in message
+    assert "unexpected keys: backbone.detail.detail_branch.0.0.conv.weight" in message
+
+
+def test_coincheung_aggregation_upsamples_by_nearest_x4():
+    """CoinCheung's BGALayer.forward (lib/models/bisenetv2.py): right1 and the gated low branch go through
+    nn.Upsample(scale_factor=4), whose mode is nearest; written here in its own names on the variant's layers."""
+    torch.manual_seed(0)
+    bga = randomised("bisenetv2_coincheung", 0).backbone.aggregation
+    left1, left2, right1, right2 = bga.detail_keep, bga.detail_down, bga.semantic_up, bga.semantic_keep
+    up = torch.nn.Upsample(scale_factor=4)
+    x_d, x_s = torch.randn(1, 128, 16, 24), torch.randn(1, 128, 4, 6)
+    with torch.no_grad():
+        left = left1(x_d) * torch.sigmoid(up(right1(x_s)))
+        right = up(left2(x_d) * torch.sigmoid(right2(x_s)))
+        assert torch.equal(bga(x_d, x_s), bga.fuse(left + right))
+        bga.upsample = "bilinear"  # bisenetv2's, which a CoinCheung file would be run with otherwise
+        assert not torch.allclose(bga(x_d, x_s), bga.fuse(left + right), atol=1e-3)
+
+
+def test_export_import_reports_an_mmseg_file(tmp_path):
+    s = mmseg_bisenetv2(randomised("bisenetv2", 0), 19)
+    path = save(tmp_path, "bisenetv2", s, "mmseg 0.x")
+    result = cli("import", str(path), "--model", "bisenetv2", "--out", str(tmp_path / "w.pt"))
+    assert result.returncode == 0, result.stderr
+    assert "bisenetv2, 19 classes (road, sidewalk, building, wall, ...)" in result.stdout
+    assert "detected: mmseg checkpoint, mmseg key names" in result.stdout
+    assert f"mapped: {len(s.state)} tensors" in result.stdout
+    assert read_checkpoint(tmp_path / "w.pt").palette == PALETTE
