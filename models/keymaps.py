@@ -6,7 +6,11 @@ applies them. Reading files and choosing a table is export's job (export/compile
 A table is a list of ``(pattern, replacement)`` pairs of regular expressions over whole keys, tried in order,
 the first that matches wins. A replacement ending in ``#k`` names part ``k`` of one of our tensors: the parts
 are concatenated along dim 0 in ``k`` order (a key and a value projection stored apart, ours one ``kv``
-Linear). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
+Linear). A replacement that is a tuple of replacements splits the source tensor along dim 0 into that many equal
+parts, one per replacement (mmseg's packed query/key/value ``in_proj``, ours ``q`` and ``kv``'s two parts).
+``reversed_blocks`` names our tensors whose dim ``d`` holds ``n`` equal blocks in the source's opposite order (a
+fuse conv reading concatenated stages shallowest first where ours reads them deepest first): they are reversed
+after renaming. Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
 ``conv_norm`` writes the pair of rules for the unit most CNN sources are built of.
 """
@@ -23,8 +27,9 @@ class KeyMap:
     """One source's names for one family. ``source`` says which: 'huggingface', 'mmseg', 'coincheung'."""
 
     source: str
-    renames: tuple[tuple[str, str], ...]
+    renames: tuple[tuple[str, str | tuple[str, ...]], ...]
     drop: tuple[str, ...] = ()
+    reversed_blocks: tuple[tuple[str, int, int], ...] = ()  # (pattern of our key, dim, number of blocks)
     note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
 
 
@@ -43,6 +48,7 @@ class MappedState:
     state: dict[str, torch.Tensor]
     renamed: int = 0
     fused: list[str] = field(default_factory=list)  # our keys assembled from several source tensors
+    reordered: list[str] = field(default_factory=list)  # our keys whose blocks were reversed
     dropped: list[str] = field(default_factory=list)  # source keys left out by design
     unmapped: list[str] = field(default_factory=list)  # source keys no rule matched
 
@@ -59,17 +65,25 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: KeyMap | None) -> Map
         if any(d.fullmatch(key) for d in drops):
             out.dropped.append(key)
             continue
-        target = next((rule.sub(repl, key) for rule, repl in rules if rule.fullmatch(key)), None)
-        if target is None:
+        rule, repl = next(((rule, repl) for rule, repl in rules if rule.fullmatch(key)), (None, None))
+        if rule is None:
             out.unmapped.append(key)
             continue
         out.renamed += 1
-        name, _, part = target.partition("#")
-        if part:
-            parts.setdefault(name, {})[int(part)] = value
-        else:
-            out.state[name] = value
+        targets = [repl] if isinstance(repl, str) else list(repl)
+        pieces = [value] if len(targets) == 1 else value.chunk(len(targets), dim=0)
+        for target, piece in zip(targets, pieces):
+            name, _, part = rule.sub(target, key).partition("#")
+            if part:
+                parts.setdefault(name, {})[int(part)] = piece
+            else:
+                out.state[name] = piece
     for name, pieces in parts.items():
         out.state[name] = torch.cat([pieces[k] for k in sorted(pieces)], dim=0)
         out.fused.append(name)
+    for pattern, dim, blocks in key_map.reversed_blocks:
+        # a dim that does not split evenly is not our shape either: left for the shape check to report
+        for name in [n for n in out.state if re.fullmatch(pattern, n) and out.state[n].shape[dim] % blocks == 0]:
+            out.state[name] = torch.cat(out.state[name].chunk(blocks, dim=dim)[::-1], dim=dim)
+            out.reordered.append(name)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from export.compile.checkpoints import read_checkpoint
 from export.compile.weights import import_weights
@@ -50,6 +51,10 @@ class SourceState:
         for name in ("weight", "bias", "running_mean", "running_var"):
             self.put(f"{key}.{name}", (c,), self.take(f"{ours}.{name}"))
         self.put(f"{key}.num_batches_tracked", (), self.take(f"{ours}.num_batches_tracked"))
+
+    def ln(self, key: str, ours: str, c: int) -> None:
+        for name in ("weight", "bias"):
+            self.put(f"{key}.{name}", (c,), self.take(f"{ours}.{name}"))
 
     def conv_module(self, key: str, ours: str, cin: int, cout: int, k: int, groups: int = 1) -> None:
         """mmcv's ConvModule with a norm (bias='auto': the conv has none) or CoinCheung's ConvBNReLU: conv, bn;
@@ -238,7 +243,52 @@ def mmseg_pspnet(model, num_classes, layers, stem_channels=64, base=64, channels
     return s
 
 
+def mmseg_segformer(model, num_classes, embed_dims=32, num_heads=(1, 2, 5, 8), num_layers=(2, 2, 2, 2),
+                    sr_ratios=(8, 4, 2, 1), mlp_ratio=4, channels=256) -> SourceState:
+    """configs/_base_/models/segformer_mit-b0.py (3f8d34e; B1-B5 change embed_dims and num_layers only, channels
+    stays 256). mmseg/models/backbones/mit.py (027eca0): layers.{i} = (PatchEmbed: projection, norm; the
+    TransformerEncoderLayers; LayerNorm); a layer's attn is EfficientMultiheadAttention: attn (nn.MultiheadAttention,
+    in_proj packing query, key, value), sr and norm where sr_ratio > 1; ffn.layers = (fc1 1x1 conv, pe_conv 3x3
+    depth-wise, GELU, dropout, fc2 1x1 conv, dropout). decode_heads/segformer_head.py (0554aec): convs.{i} and
+    fusion_conv ConvModules (1x1, BN, ReLU), which concatenates the stages shallowest first; conv_seg."""
+    s = SourceState(model)
+    cin = 3
+    for i, (heads, n, sr) in enumerate(zip(num_heads, num_layers, sr_ratios)):
+        c, h = embed_dims * heads, mlp_ratio * embed_dims * heads
+        mm, ours = f"backbone.layers.{i}", f"backbone.stages.{i}"
+        s.conv(f"{mm}.0.projection", f"{ours}.patch_embed.proj", cin, c, 7 if i == 0 else 3, bias=True)
+        s.ln(f"{mm}.0.norm", f"{ours}.patch_embed.norm", c)
+        for j in range(n):
+            b, o = f"{mm}.1.{j}", f"{ours}.blocks.{j}"
+            s.ln(f"{b}.norm1", f"{o}.norm1", c)
+            for p in ("weight", "bias"):  # ours: q, and kv = [key; value]
+                packed = torch.cat([s.take(f"{o}.attn.q.{p}"), s.take(f"{o}.attn.kv.{p}")])
+                s.put(f"{b}.attn.attn.in_proj_{p}", (3 * c, c) if p == "weight" else (3 * c,), packed)
+            s.put(f"{b}.attn.attn.out_proj.weight", (c, c), s.take(f"{o}.attn.proj.weight"))
+            s.put(f"{b}.attn.attn.out_proj.bias", (c,), s.take(f"{o}.attn.proj.bias"))
+            if sr > 1:
+                s.conv(f"{b}.attn.sr", f"{o}.attn.sr", c, c, sr, bias=True)
+                s.ln(f"{b}.attn.norm", f"{o}.attn.norm", c)
+            s.ln(f"{b}.norm2", f"{o}.norm2", c)
+            s.put(f"{b}.ffn.layers.0.weight", (h, c, 1, 1), s.take(f"{o}.mlp.fc1.weight").reshape(h, c, 1, 1))
+            s.put(f"{b}.ffn.layers.0.bias", (h,), s.take(f"{o}.mlp.fc1.bias"))
+            s.conv(f"{b}.ffn.layers.1", f"{o}.mlp.dwconv", h, h, 3, groups=h, bias=True)
+            s.put(f"{b}.ffn.layers.4.weight", (c, h, 1, 1), s.take(f"{o}.mlp.fc2.weight").reshape(c, h, 1, 1))
+            s.put(f"{b}.ffn.layers.4.bias", (c,), s.take(f"{o}.mlp.fc2.bias"))
+        s.ln(f"{mm}.2", f"{ours}.norm", c)
+        cin = c
+    for i, heads in enumerate(num_heads):
+        s.conv_module(f"decode_head.convs.{i}", f"head.linear_c.{i}", embed_dims * heads, channels, 1)
+    deepest_first = s.take("head.linear_fuse.0.weight").chunk(4, dim=1)  # (E, E, 1, 1) per stage, stage 3 first
+    s.put("decode_head.fusion_conv.conv.weight", (channels, 4 * channels, 1, 1), torch.cat(deepest_first[::-1], 1))
+    s.bn("decode_head.fusion_conv.bn", "head.linear_fuse.1", channels)
+    s.conv("decode_head.conv_seg", "head.linear_pred", channels, num_classes, 1, bias=True)
+    return s
+
+
 R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
+MIT_LAYERS = {"b0": (2, 2, 2, 2), "b1": (2, 2, 2, 2), "b2": (3, 4, 6, 3), "b3": (3, 4, 18, 3), "b4": (3, 8, 27, 3),
+              "b5": (3, 6, 40, 3)}
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
 # file adds beside the deployed network)
 CASES = {
@@ -252,11 +302,16 @@ CASES = {
                        dict(layers=R50, stem_channels=16, base=16, channels=128, aux=64), ("auxiliary_head.",)),
     "pspnet_r101_v1c": (mmseg_pspnet, dict(layers=R101),
                         dict(layers=R101, stem_channels=16, base=16, channels=128, aux=64), ("auxiliary_head.",)),
+    **{f"segformer_{b}_mmseg": (mmseg_segformer, dict(embed_dims=32 if b == "b0" else 64, num_layers=layers),
+                                dict(embed_dims=32 if b == "b0" else 64, num_layers=(2, 2, 2, 2)), ())
+       for b, layers in MIT_LAYERS.items()},
 }
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (none of
 # the sources publishes a count for these models).
 SOURCE_PARAMS = {"bisenetv2": 3_358_883, "bisenetv2_coincheung": 3_358_627, "ccnet_r50_v1c": 47_461_364,
-                 "ccnet_r101_v1c": 66_453_492, "pspnet_r50_v1c": 46_610_803, "pspnet_r101_v1c": 65_602_931}
+                 "ccnet_r101_v1c": 66_453_492, "pspnet_r50_v1c": 46_610_803, "pspnet_r101_v1c": 65_602_931,
+                 "segformer_b0_mmseg": 3_720_051, "segformer_b1_mmseg": 13_683_155, "segformer_b2_mmseg": 24_728_019,
+                 "segformer_b3_mmseg": 44_603_859, "segformer_b4_mmseg": 61_374_419, "segformer_b5_mmseg": 81_974_739}
 
 
 def randomised(name: str, seed: int, **kwargs) -> torch.nn.Module:
@@ -289,7 +344,8 @@ def save(tmp_path, name: str, s: SourceState, meta: str):
 @pytest.mark.parametrize("name, meta", [("bisenetv2", "mmseg 0.x"), ("bisenetv2", "mmseg 1.x"),
                                         ("bisenetv2_coincheung", "plain"), ("ccnet_r50_v1c", "mmseg 0.x"),
                                         ("ccnet_r101_v1c", "mmseg 0.x"), ("pspnet_r50_v1c", "mmseg 0.x"),
-                                        ("pspnet_r101_v1c", "mmseg 0.x")])
+                                        ("pspnet_r101_v1c", "mmseg 0.x"), ("segformer_b0_mmseg", "mmseg 1.x"),
+                                        ("segformer_b2_mmseg", "mmseg 0.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs
@@ -306,7 +362,9 @@ def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     assert report.names == ("coincheung" if meta == "plain" else "mmseg")
     assert report.loaded == len(s.used)
     assert sorted(report.left_out) == sorted(k for k in s.state if k.startswith(extra) and name.endswith("coincheung"))
-    assert report.reshaped == (["head.attention.gamma"] if name.startswith("ccnet") else [])
+    squeezed = [k for k in s.ours if k.endswith(("mlp.fc1.weight", "mlp.fc2.weight"))]  # mmseg's MixFFN 1x1 convs
+    assert sorted(report.reshaped) == (["head.attention.gamma"] if name.startswith("ccnet") else
+                                       sorted(squeezed) if name.startswith("segformer") else [])
     assert report.not_loaded == sorted(dropped)
     torch.manual_seed(2)
     images = torch.randn(2, 3, 64, 64)
@@ -378,3 +436,71 @@ def test_export_import_reports_an_mmseg_file(tmp_path):
     assert f"mapped: {len(s.state)} tensors" in result.stdout
     assert read_checkpoint(tmp_path / "w.pt").palette == PALETTE
 
+
+# ------------------------------------------------------------- SegFormer: what the table's two mechanisms mean
+
+def test_a_tuple_replacement_splits_and_reversed_blocks_reorder():
+    """models/keymaps.py: a tuple of replacements splits the source tensor along dim 0 in equal parts (here
+    into q and kv's two parts, which concatenate again); reversed_blocks reverses a dim's blocks."""
+    from models.keymaps import KeyMap, apply_key_map
+
+    packed, fuse = torch.arange(6.0).reshape(6, 1), torch.arange(8.0).reshape(1, 8)
+    table = KeyMap("test", ((r"in_proj", ("q", "kv#0", "kv#1")), (r"fuse", "fuse")),
+                   reversed_blocks=((r"fuse", 1, 4),))
+    mapped = apply_key_map({"in_proj": packed, "fuse": fuse}, table)
+    assert mapped.state["q"].flatten().tolist() == [0, 1] and mapped.state["kv"].flatten().tolist() == [2, 3, 4, 5]
+    assert mapped.state["fuse"].flatten().tolist() == [6, 7, 4, 5, 2, 3, 0, 1]
+    assert mapped.renamed == 2 and mapped.fused == ["kv"] and mapped.reordered == ["fuse"]
+
+
+@pytest.fixture(scope="module")
+def mmseg_segformer_b0(tmp_path_factory):
+    """segformer_b0_mmseg imported from an mmseg-layout file, and that file's tensors."""
+    s = mmseg_segformer(randomised("segformer_b0_mmseg", 0), 19)
+    checkpoint = read_checkpoint(save(tmp_path_factory.mktemp("segformer"), "segformer", s, "mmseg 1.x"))
+    imported = randomised("segformer_b0_mmseg", 1)
+    import_weights(imported, "segformer_b0_mmseg", checkpoint)
+    return imported, s.state
+
+
+def test_mmseg_attention_is_torch_multihead_attention_on_the_same_tensors(mmseg_segformer_b0):
+    """mmseg's EfficientMultiheadAttention runs nn.MultiheadAttention(query=x, key=x_kv, value=x_kv) with its
+    packed in_proj; ours, loaded through the table, computes the same (stage 1: two heads, reduction 4)."""
+    imported, state = mmseg_segformer_b0
+    attn = imported.backbone.stages[1].blocks[0].attn
+    mha = torch.nn.MultiheadAttention(64, 2, batch_first=True).eval()
+    prefix = "backbone.layers.1.1.0.attn.attn."
+    mha.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    torch.manual_seed(3)
+    x, h, w = torch.randn(2, 16 * 12, 64), 16, 12
+    with torch.no_grad():
+        x_kv = attn.norm(attn.sr(x.transpose(1, 2).reshape(2, 64, h, w)).flatten(2).transpose(1, 2))
+        assert torch.allclose(attn(x, h, w), mha(x, x_kv, x_kv, need_weights=False)[0], atol=1e-5)
+
+
+def test_mmseg_head_concatenates_shallowest_first_on_the_same_tensors(mmseg_segformer_b0):
+    """SegformerHead.forward in the file's own tensors: each stage through its ConvModule, resized to stride 4,
+    torch.cat(outs) in stage order, fusion_conv, conv_seg; ours (fuse columns reversed on import) agrees."""
+    imported, state = mmseg_segformer_b0
+
+    def conv_module(x, key):  # conv (no bias), BN (eval), ReLU
+        x = F.conv2d(x, state[f"{key}.conv.weight"])
+        return F.relu(F.batch_norm(x, state[f"{key}.bn.running_mean"], state[f"{key}.bn.running_var"],
+                                   state[f"{key}.bn.weight"], state[f"{key}.bn.bias"], False, 0.0, 1e-5))
+
+    torch.manual_seed(4)
+    with torch.no_grad():
+        features = imported.backbone(torch.randn(1, 3, 64, 96))
+        outs = [F.interpolate(conv_module(x, f"decode_head.convs.{i}"), size=features[0].shape[2:], mode="bilinear",
+                              align_corners=False) for i, x in enumerate(features)]
+        theirs = F.conv2d(conv_module(torch.cat(outs, dim=1), "decode_head.fusion_conv"),
+                          state["decode_head.conv_seg.weight"], state["decode_head.conv_seg.bias"])
+        assert torch.allclose(imported.head(features), theirs, atol=1e-5)
+
+
+def test_mmseg_variants_use_mmseg_layernorm_eps():
+    """mmseg's MixVisionTransformer: norm_cfg=dict(type='LN', eps=1e-6) on every LayerNorm."""
+    model = create_model("segformer_b0_mmseg", num_classes=19)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and {m.eps for m in norms} == {1e-6}
+    assert {m.eps for m in create_model("segformer_b0").modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
