@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ConvNormAct, SegmentationModel, init_conv_bn
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 
@@ -131,14 +132,17 @@ class BilateralGuidedAggregation(nn.Module):
     """Each branch gates the other at its own resolution (paper Fig. 6); the two results are summed at stride 8.
 
     Detail at stride 8 is gated by upsampled semantic features; semantic features at stride 32 gate the
-    downsampled detail, which is then upsampled and added.
+    downsampled detail, which is then upsampled and added. ``upsample`` is the interpolation mode of both
+    upsamplings and ``bias`` whether the two 1x1 convs have one: the implementations differ there
+    (mmsegmentation: bilinear, with bias; CoinCheung/BiSeNet: nearest, without).
     """
 
-    def __init__(self, channels: int = 128) -> None:
+    def __init__(self, channels: int = 128, upsample: str = "bilinear", bias: bool = True) -> None:
         super().__init__()
+        self.upsample = upsample
         self.detail_keep = nn.Sequential(
             ConvNormAct(channels, channels, 3, groups=channels, act_layer=None),
-            nn.Conv2d(channels, channels, 1),
+            nn.Conv2d(channels, channels, 1, bias=bias),
         )
         self.detail_down = nn.Sequential(
             ConvNormAct(channels, channels, 3, stride=2, act_layer=None),
@@ -146,18 +150,23 @@ class BilateralGuidedAggregation(nn.Module):
         )
         self.semantic_keep = nn.Sequential(
             ConvNormAct(channels, channels, 3, groups=channels, act_layer=None),
-            nn.Conv2d(channels, channels, 1),
+            nn.Conv2d(channels, channels, 1, bias=bias),
         )
         self.semantic_up = ConvNormAct(channels, channels, 3, act_layer=None)
         self.fuse = ConvNormAct(channels, channels, 3)
 
     def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         size = detail.shape[-2:]
-        semantic_up = F.interpolate(self.semantic_up(semantic), size=size, mode="bilinear", align_corners=False)
+        semantic_up = self._upsample(self.semantic_up(semantic), size)
         high = self.detail_keep(detail) * torch.sigmoid(semantic_up)  # (B, C, H/8, W/8)
         low = self.detail_down(detail) * torch.sigmoid(self.semantic_keep(semantic))  # (B, C, H/32, W/32)
-        low = F.interpolate(low, size=size, mode="bilinear", align_corners=False)  # (B, C, H/8, W/8)
+        low = self._upsample(low, size)  # (B, C, H/8, W/8)
         return self.fuse(high + low)
+
+    def _upsample(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        if self.upsample == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=self.upsample, align_corners=False)
 
 
 class BiSeNetV2Backbone(nn.Module):
@@ -173,6 +182,8 @@ class BiSeNetV2Backbone(nn.Module):
         detail_channels: tuple[int, int, int] = (64, 64, 128),
         semantic_channels: tuple[int, int, int, int] = (16, 32, 64, 128),
         expansion: int = 6,
+        bga_upsample: str = "bilinear",
+        bga_bias: bool = True,
     ) -> None:
         super().__init__()
         if detail_channels[-1] != semantic_channels[-1]:
@@ -182,7 +193,7 @@ class BiSeNetV2Backbone(nn.Module):
             )
         self.detail = DetailBranch(in_channels, detail_channels)
         self.semantic = SemanticBranch(in_channels, semantic_channels, expansion)
-        self.aggregation = BilateralGuidedAggregation(detail_channels[-1])
+        self.aggregation = BilateralGuidedAggregation(detail_channels[-1], bga_upsample, bga_bias)
         self.out_channels = [detail_channels[-1], *semantic_channels]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -227,8 +238,11 @@ class BiSeNetV2(SegmentationModel):
         aux_head_channels: tuple[int, int, int, int] = (16, 64, 256, 1024),
         dropout: float = 0.1,
         in_channels: int = 3,
+        bga_upsample: str = "bilinear",
+        bga_bias: bool = True,
     ) -> None:
-        backbone = BiSeNetV2Backbone(in_channels, detail_channels, semantic_channels, expansion)
+        backbone = BiSeNetV2Backbone(in_channels, detail_channels, semantic_channels, expansion, bga_upsample,
+                                     bga_bias)
         head = BiSeNetV2Head(backbone.out_channels[0], head_channels, num_classes, dropout)
         # Booster heads: two convs each, widths as in the mmsegmentation Cityscapes config.
         aux_heads = [
@@ -239,8 +253,96 @@ class BiSeNetV2(SegmentationModel):
         self.apply(init_conv_bn)
 
 
-@register_model("bisenetv2", size_divisor=32, output_stride=8)
+# Checkpoints trained elsewhere (docs/checkpoint_sources.md, section 2.2, has the correspondence key by key).
+#
+# mmsegmentation: mmseg/models/backbones/bisenetv2.py (088894b) with an FCNHead on the aggregation and four
+# FCNHead boosters (configs/_base_/models/bisenetv2.py, 8c68540: channels 1024; 16, 64, 256, 1024, two convs
+# each). Each mmcv ConvModule is (conv, bn); each GELayer's first block downsamples (its dwconv holds two
+# ConvModules, the others' one); the aggregation's pointwise convs have no norm and so a bias, as ours.
+_GE_STAGES = (("stage2", "s3"), ("stage3", "s4"), ("stage4", "s5"))
+_MM_SEM, _OUR_SEM = r"backbone\.semantic\.", "backbone.semantic."
+_MM_BGA, _OUR_BGA = r"backbone\.bga\.", "backbone.aggregation."
+MMSEG_KEYS = KeyMap("mmseg", (
+    *(rule for n in range(3) for rule in conv_norm(rf"backbone\.detail\.detail_branch\.{n}\.(\d+)",
+                                                   rf"backbone.detail.s{n + 1}.\1")),
+    *conv_norm(_MM_SEM + r"stage1\.conv_first", _OUR_SEM + "stem.conv_first"),
+    *conv_norm(_MM_SEM + r"stage1\.convs\.(\d)", _OUR_SEM + r"stem.conv_branch.\1"),
+    *conv_norm(_MM_SEM + r"stage1\.fuse_last", _OUR_SEM + "stem.fuse"),
+    *(rule for mm, ours in _GE_STAGES for rule in (
+        *conv_norm(_MM_SEM + mm + r"\.(\d)\.conv1", _OUR_SEM + ours + r".\1.conv"),
+        *conv_norm(_MM_SEM + mm + r"\.0\.dwconv\.(\d)", _OUR_SEM + ours + r".0.dwconv.\1"),  # stride 2
+        *conv_norm(_MM_SEM + mm + r"\.([1-9])\.dwconv\.0", _OUR_SEM + ours + r".\1.dwconv"),  # stride 1
+        *conv_norm(_MM_SEM + mm + r"\.(\d)\.conv2\.0", _OUR_SEM + ours + r".\1.project"),
+        *conv_norm(_MM_SEM + mm + r"\.(\d)\.shortcut\.0\.depthwise_conv", _OUR_SEM + ours + r".\1.shortcut.0"),
+        *conv_norm(_MM_SEM + mm + r"\.(\d)\.shortcut\.0\.pointwise_conv", _OUR_SEM + ours + r".\1.shortcut.1"),
+    )),
+    (_MM_SEM + r"stage4_CEBlock\.gap\.1\.(\w+)", _OUR_SEM + r"context.norm.\1"),
+    *conv_norm(_MM_SEM + r"stage4_CEBlock\.conv_(gap|last)", _OUR_SEM + r"context.conv_\1"),
+    *conv_norm(_MM_BGA + r"detail_dwconv\.0\.depthwise_conv", _OUR_BGA + "detail_keep.0"),
+    (_MM_BGA + r"detail_dwconv\.0\.pointwise_conv\.conv\.(\w+)", _OUR_BGA + r"detail_keep.1.\1"),
+    *conv_norm(_MM_BGA + r"detail_down\.0", _OUR_BGA + "detail_down.0"),
+    *conv_norm(_MM_BGA + r"semantic_conv\.0", _OUR_BGA + "semantic_up"),
+    *conv_norm(_MM_BGA + r"semantic_dwconv\.0\.depthwise_conv", _OUR_BGA + "semantic_keep.0"),
+    (_MM_BGA + r"semantic_dwconv\.0\.pointwise_conv\.conv\.(\w+)", _OUR_BGA + r"semantic_keep.1.\1"),
+    *conv_norm(_MM_BGA + r"conv", _OUR_BGA + "fuse"),
+    *conv_norm(r"decode_head\.convs\.0", "head.seg.0"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.seg.2.\1"),
+    *conv_norm(r"auxiliary_head\.(\d)\.convs\.(\d)", r"aux_heads.\1.\2"),
+    (r"auxiliary_head\.(\d)\.conv_seg\.(\w+)", r"aux_heads.\1.3.\2"),
+), note="mmsegmentation BiSeNetV2 + FCNHead (configs/_base_/models/bisenetv2.py)")
+
+# CoinCheung/BiSeNet: lib/models/bisenetv2.py (6b4b67a; the parameters are those of c0422a1, the commit that
+# published model_final_v2_city.pth). ConvBNReLU is (conv, bn); the other units are plain Sequentials whose
+# indices are ours but for the stride-2 layer's two depth-wise convs and shortcut, which are flat there. Its
+# boosters (aux2 ... aux5_4: conv, then nearest x2 + conv to up^2 channels) have no counterpart in ours.
+_CC_SEM = r"segment\."
+_CC_BGA = r"bga\."
+COINCHEUNG_KEYS = KeyMap("coincheung", (
+    *conv_norm(r"detail\.S([123])\.(\d)", r"backbone.detail.s\1.\2"),
+    *conv_norm(_CC_SEM + r"S1S2\.conv", _OUR_SEM + "stem.conv_first"),
+    *conv_norm(_CC_SEM + r"S1S2\.left\.(\d)", _OUR_SEM + r"stem.conv_branch.\1"),
+    *conv_norm(_CC_SEM + r"S1S2\.fuse", _OUR_SEM + "stem.fuse"),
+    *(rule for cc, ours in (("S3", "s3"), ("S4", "s4"), ("S5_4", "s5")) for rule in (
+        *conv_norm(_CC_SEM + cc + r"\.(\d)\.conv1", _OUR_SEM + ours + r".\1.conv"),
+        # GELayerS2 (block 0): dwconv1 (conv, bn), dwconv2 (conv, bn, relu), shortcut (conv, bn, conv, bn)
+        (_CC_SEM + cc + r"\.0\.dwconv1\.(\d)\.(\w+)", _OUR_SEM + ours + r".0.dwconv.0.\1.\2"),
+        (_CC_SEM + cc + r"\.0\.dwconv2\.(\d)\.(\w+)", _OUR_SEM + ours + r".0.dwconv.1.\1.\2"),
+        (_CC_SEM + cc + r"\.0\.shortcut\.([01])\.(\w+)", _OUR_SEM + ours + r".0.shortcut.0.\1.\2"),
+        (_CC_SEM + cc + r"\.0\.shortcut\.2\.(\w+)", _OUR_SEM + ours + r".0.shortcut.1.0.\1"),
+        (_CC_SEM + cc + r"\.0\.shortcut\.3\.(\w+)", _OUR_SEM + ours + r".0.shortcut.1.1.\1"),
+        # GELayerS1 (the others): dwconv (conv, bn, relu), the same indices as our ConvNormAct
+        (_CC_SEM + cc + r"\.([1-9])\.dwconv\.(\d)\.(\w+)", _OUR_SEM + ours + r".\1.dwconv.\2.\3"),
+        (_CC_SEM + cc + r"\.(\d)\.conv2\.(\d)\.(\w+)", _OUR_SEM + ours + r".\1.project.\2.\3"),
+    )),
+    (_CC_SEM + r"S5_5\.bn\.(\w+)", _OUR_SEM + r"context.norm.\1"),
+    *conv_norm(_CC_SEM + r"S5_5\.conv_(gap|last)", _OUR_SEM + r"context.conv_\1"),
+    # BGA: left1/right2 (dw conv, bn, 1x1 conv without bias), left2 (conv, bn, avgpool), right1 and conv (conv, bn)
+    (_CC_BGA + r"left1\.([01])\.(\w+)", _OUR_BGA + r"detail_keep.0.\1.\2"),
+    (_CC_BGA + r"left1\.2\.weight", _OUR_BGA + "detail_keep.1.weight"),
+    (_CC_BGA + r"left2\.([01])\.(\w+)", _OUR_BGA + r"detail_down.0.\1.\2"),
+    (_CC_BGA + r"right1\.([01])\.(\w+)", _OUR_BGA + r"semantic_up.\1.\2"),
+    (_CC_BGA + r"right2\.([01])\.(\w+)", _OUR_BGA + r"semantic_keep.0.\1.\2"),
+    (_CC_BGA + r"right2\.2\.weight", _OUR_BGA + "semantic_keep.1.weight"),
+    (_CC_BGA + r"conv\.([01])\.(\w+)", _OUR_BGA + r"fuse.\1.\2"),
+    # SegmentHead(aux=False): conv (ConvBNReLU 128 -> 1024), conv_out = (Identity, 1x1 conv, x8 bilinear)
+    *conv_norm(r"head\.conv", "head.seg.0"),
+    (r"head\.conv_out\.1\.(\w+)", r"head.seg.2.\1"),
+), drop=(r"aux(2|3|4|5_4)\..+",),
+   note="CoinCheung/BiSeNet BiSeNetV2 (model_final_v2_*.pth)")
+
+
+@register_model("bisenetv2", size_divisor=32, output_stride=8, checkpoints=(MMSEG_KEYS,))
 def bisenetv2(num_classes: int = 19, **kwargs) -> nn.Module:
     """BiSeNet V2 (paper Table 1 widths: detail 64-64-128, semantic 16-32-64-128, expansion 6)."""
     args = dict(detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128), expansion=6, head_channels=1024)
+    return BiSeNetV2(num_classes, **{**args, **kwargs})
+
+
+@register_model("bisenetv2", size_divisor=32, output_stride=8, checkpoints=(COINCHEUNG_KEYS,))
+def bisenetv2_coincheung(num_classes: int = 19, **kwargs) -> nn.Module:
+    """BiSeNet V2 as CoinCheung/BiSeNet builds it (its released model_final_v2_*.pth load here): the aggregation
+    upsamples by nearest x4 (nn.Upsample's default mode) and its two 1x1 convs have no bias; widths as bisenetv2.
+    Its booster heads (another structure than ours) are left out on import; ours stay untrained (training only)."""
+    args = dict(detail_channels=(64, 64, 128), semantic_channels=(16, 32, 64, 128), expansion=6, head_channels=1024,
+                bga_upsample="nearest", bga_bias=False)
     return BiSeNetV2(num_classes, **{**args, **kwargs})

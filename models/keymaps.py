@@ -6,10 +6,15 @@ applies them. Reading files and choosing a table is export's job (export/compile
 A table is a list of ``(pattern, replacement)`` pairs of regular expressions over whole keys, tried in order,
 the first that matches wins. A replacement ending in ``#k`` names part ``k`` of one of our tensors: the parts
 are concatenated along dim 0 in ``k`` order (a key and a value projection stored apart, ours one ``kv``
-Linear). The reverse, a replacement holding ``{a,b,c}``, names several of our tensors: the source tensor is
-cut along dim 0 into that many equal parts, in order (nn.MultiheadAttention's ``in_proj_weight``, query, key
-and value stacked, where ours are three Linears). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
+Linear). A replacement that is a tuple of replacements splits the source tensor along dim 0 into that many equal
+parts, one per replacement (mmseg's packed query/key/value ``in_proj``, ours ``q`` and ``kv``'s two parts);
+a replacement holding ``{a,b,c}`` is short for the tuple of its three spellings (nn.MultiheadAttention's
+``in_proj_weight`` into our ``q``, ``k``, ``v``).
+``reversed_blocks`` names our tensors whose dim ``d`` holds ``n`` equal blocks in the source's opposite order (a
+fuse conv reading concatenated stages shallowest first where ours reads them deepest first): they are reversed
+after renaming. Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
+``conv_norm`` writes the pair of rules for the unit most CNN sources are built of.
 """
 from __future__ import annotations
 
@@ -24,9 +29,18 @@ class KeyMap:
     """One source's names for one family. ``source`` says which: 'huggingface', 'mmseg', 'coincheung'."""
 
     source: str
-    renames: tuple[tuple[str, str], ...]
+    renames: tuple[tuple[str, str | tuple[str, ...]], ...]
     drop: tuple[str, ...] = ()
+    reversed_blocks: tuple[tuple[str, int, int], ...] = ()  # (pattern of our key, dim, number of blocks)
     note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
+
+
+def conv_norm(src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The rules for a conv + BatchNorm unit whose children are ``conv`` and ``bn`` (mmcv's ``ConvModule``,
+    CoinCheung's ``ConvBNReLU``) at ``src`` (a pattern), ours a ``ConvNormAct`` (children ``0`` and ``1``) at
+    ``dst`` (a replacement, which may refer to ``src``'s groups)."""
+    return ((src + r"\.conv\.(?P<param>\w+)", dst + r".0.\g<param>"),
+            (src + r"\.bn\.(?P<param>\w+)", dst + r".1.\g<param>"))
 
 
 @dataclass
@@ -37,6 +51,7 @@ class MappedState:
     renamed: int = 0
     fused: list[str] = field(default_factory=list)  # our keys assembled from several source tensors
     split: list[str] = field(default_factory=list)  # source keys cut into several of our tensors
+    reordered: list[str] = field(default_factory=list)  # our keys whose blocks were reversed
     dropped: list[str] = field(default_factory=list)  # source keys left out by design
     unmapped: list[str] = field(default_factory=list)  # source keys no rule matched
 
@@ -53,25 +68,35 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: KeyMap | None) -> Map
         if any(d.fullmatch(key) for d in drops):
             out.dropped.append(key)
             continue
-        target = next((rule.sub(repl, key) for rule, repl in rules if rule.fullmatch(key)), None)
-        if target is None:
+        rule, repl = next(((rule, repl) for rule, repl in rules if rule.fullmatch(key)), (None, None))
+        if rule is None:
             out.unmapped.append(key)
             continue
         out.renamed += 1
-        name, _, part = target.partition("#")
-        if "{" in name:
-            head, _, rest = name.partition("{")
-            choices, _, tail = rest.partition("}")
-            names = [head + c + tail for c in choices.split(",")]
-            # Equal parts; a length the count does not divide leaves pieces the model's shapes reject, by name.
-            for piece_name, piece in zip(names, value.chunk(len(names), dim=0)):
-                out.state[piece_name] = piece
+        targets = _spellings(repl) if isinstance(repl, str) else list(repl)
+        if len(targets) > 1:
             out.split.append(key)
-        elif part:
-            parts.setdefault(name, {})[int(part)] = value
-        else:
-            out.state[name] = value
+        pieces = [value] if len(targets) == 1 else value.chunk(len(targets), dim=0)
+        for target, piece in zip(targets, pieces):
+            name, _, part = rule.sub(target, key).partition("#")
+            if part:
+                parts.setdefault(name, {})[int(part)] = piece
+            else:
+                out.state[name] = piece
     for name, pieces in parts.items():
         out.state[name] = torch.cat([pieces[k] for k in sorted(pieces)], dim=0)
         out.fused.append(name)
+    for pattern, dim, blocks in key_map.reversed_blocks:
+        # a dim that does not split evenly is not our shape either: left for the shape check to report
+        for name in [n for n in out.state if re.fullmatch(pattern, n) and out.state[n].shape[dim] % blocks == 0]:
+            out.state[name] = torch.cat(out.state[name].chunk(blocks, dim=dim)[::-1], dim=dim)
+            out.reordered.append(name)
     return out
+
+
+def _spellings(replacement: str) -> list[str]:
+    """``a.{q,k,v}.b`` -> ``[a.q.b, a.k.b, a.v.b]``; a replacement without braces is itself."""
+    match = re.search(r"\{([\w,]+)\}", replacement)
+    if match is None:
+        return [replacement]
+    return [replacement[:match.start()] + c + replacement[match.end():] for c in match.group(1).split(",")]

@@ -1,6 +1,7 @@
 """PSPNet (Zhao, Shi, Qi, Wang & Jia, "Pyramid Scene Parsing Network", CVPR 2017,
 https://arxiv.org/abs/1612.01105) on the dilated ResNet-50/101 with the deep stem (ResNetV1c, as the
-authors' hszhao/semseg and mmsegmentation's configs), output stride 8, and the pyramid pooling head
+authors' hszhao/semseg and mmsegmentation's configs; 64-64-128 wide, and 32-32-64 in the ``_v1c`` variants,
+mmsegmentation's, which load its checkpoints), output stride 8, and the pyramid pooling head
 (models/heads/psp.py: bins 1, 2, 3, 6). Deep supervision trains an FCN head on stage 3 (the paper's
 auxiliary loss, weight 0.4), kept in ``aux_heads`` and out of the engine.
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 from torch import nn
 
 from .backbones.resnet import DEPTHS
-from .heads.context import dilated_resnet_model
+from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .heads.psp import PSPHead
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 
@@ -29,15 +31,46 @@ def _pspnet(depth: int, num_classes: int, **backbone) -> nn.Module:
 
 # Numerical tests: a quarter of the widths; every block kept.
 _NARROW = {"base_width": 16, "stem_width": 16}
+_NARROW_V1C = {"base_width": 16, "stem_width": 8}  # the stem half the base width, as V1c
+
+# mmsegmentation's pspnet_r50-d8 / pspnet_r101-d8 checkpoints (configs/_base_/models/pspnet_r50-d8.py, 3f8d34e:
+# ResNetV1c, PSPHead with channels 512 and pool scales 1, 2, 3, 6). PSPHead (mmseg/models/decode_heads/
+# psp_head.py, 5563185 and the 0.x 0d003bc alike): psp_modules.{i} = (AdaptiveAvgPool2d, ConvModule 1x1),
+# concatenated after the input in scale order as ours, then bottleneck (ConvModule 3x3) and conv_seg.
+# Every variant has the table: the zoo's files (ResNetV1c's default stem, 32-32-64) fit the _v1c ones;
+# pspnet_r50 / pspnet_r101 (64-64-128) take mmseg models trained with stem_channels=128, and a zoo file there fails
+# naming the stem's shapes.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *conv_norm(r"decode_head\.psp_modules\.(\d)\.1", r"head.ppm.stages.\1"),
+    *conv_norm(r"decode_head\.bottleneck", "head.bottleneck"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
+), note="mmsegmentation PSPHead on ResNetV1c (configs/_base_/models/pspnet_r50-d8.py)")
 
 
-@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",))
+@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
 def pspnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet, dilated ResNet-50 (output stride 8), pyramid pooling with bins 1, 2, 3, 6."""
     return _pspnet(50, num_classes, **kwargs)
 
 
-@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",))
+@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
 def pspnet_r101(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet, dilated ResNet-101 (output stride 8), pyramid pooling with bins 1, 2, 3, 6."""
     return _pspnet(101, num_classes, **kwargs)
+
+
+@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
+def pspnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSPNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its pspnet_r50-d8 checkpoints load here."""
+    return _pspnet(50, num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
+def pspnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSPNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its pspnet_r101-d8 checkpoints load here."""
+    return _pspnet(101, num_classes, **{"stem_width": 32, **kwargs})

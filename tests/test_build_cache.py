@@ -54,7 +54,7 @@ def built_of(module: str) -> set[str]:
 @pytest.mark.parametrize("edit, rebuilt", [
     ("models/segformer.py", {n for n in MODELS if n.startswith("segformer")}),
     ("models/backbones/resnet.py", built_of("models.backbones.resnet")),  # CCNet, PSPNet, RefineNet, ICNet...
-    ("models/bisenetv2.py", {"bisenetv2"}),
+    ("models/bisenetv2.py", {"bisenetv2", "bisenetv2_coincheung"}),
     ("models/__init__.py", set()),  # registration only
     ("models/base.py", set(MODELS)),
     ("export/compile/precision.py", set(MODELS)),

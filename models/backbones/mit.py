@@ -13,6 +13,7 @@ from the tensor, so one exported graph serves any H and W divisible by 32.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,10 +37,11 @@ class DropPath(nn.Module):
 class OverlapPatchEmbed(nn.Module):
     """Overlapping patch merging: a strided convolution whose kernel is larger than its stride, then LayerNorm."""
 
-    def __init__(self, in_channels: int, embed_dim: int, patch_size: int, stride: int) -> None:
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: int, stride: int,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)  # (B, C, H, W)
@@ -54,7 +56,8 @@ class EfficientSelfAttention(nn.Module):
     The reduction is a conv with kernel and stride R followed by LayerNorm, so the cost is O(N^2 / R^2).
     """
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; choose heads that divide it")
@@ -66,7 +69,7 @@ class EfficientSelfAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.norm = nn.LayerNorm(dim)
+            self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, c = x.shape
@@ -109,11 +112,12 @@ class MixFFN(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + DropPath(Attn(LN(x))), then x + DropPath(MixFFN(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = norm_layer(dim)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, norm_layer)
+        self.norm2 = norm_layer(dim)
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
@@ -136,13 +140,14 @@ class MiTStage(nn.Module):
         mlp_ratio: float,
         sr_ratio: int,
         drop_paths: list[float],
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
-        self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, stride)
+        self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, stride, norm_layer)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, mlp_ratio, sr_ratio, drop_paths[i]) for i in range(depth)
+            TransformerBlock(dim, num_heads, mlp_ratio, sr_ratio, drop_paths[i], norm_layer) for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = self.patch_embed(x)  # (B, HW, C)
@@ -153,7 +158,9 @@ class MiTStage(nn.Module):
 
 
 class MixTransformer(nn.Module):
-    """The MiT encoder: four stages at strides 4, 8, 16, 32; returns their feature maps."""
+    """The MiT encoder: four stages at strides 4, 8, 16, 32; returns their feature maps. ``norm_layer`` builds
+    every LayerNorm from its width (nn.LayerNorm, eps 1e-5, as the Hugging Face port; mmsegmentation's MiT uses
+    eps 1e-6 throughout)."""
 
     def __init__(
         self,
@@ -164,6 +171,7 @@ class MixTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.1,
         in_channels: int = 3,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
         # Stochastic depth grows linearly over all blocks of all stages, as in the paper's training recipe.
@@ -183,6 +191,7 @@ class MixTransformer(nn.Module):
                     mlp_ratio=mlp_ratio,
                     sr_ratio=sr,
                     drop_paths=rates[first : first + depth],
+                    norm_layer=norm_layer,
                 )
             )
         self.stages = nn.ModuleList(stages)

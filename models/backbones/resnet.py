@@ -6,7 +6,10 @@ with the two changes segmentation networks make to it:
   at dilation 2 and 4; 16: stage 4 at dilation 2; 32: the classification network). As in mmsegmentation's
   ``contract_dilation``, the first block of a dilated stage uses half the stage's dilation.
 - **Deep stem** (ResNetV1c, used by PSPNet, CCNet and mmsegmentation's checkpoints): three 3x3 convs in place
-  of the 7x7, then max pooling; ``deep_stem=False`` is the original 7x7 stem.
+  of the 7x7, then max pooling; ``deep_stem=False`` is the original 7x7 stem. Its widths are ``stem_width``,
+  ``stem_width``, ``2 * stem_width``: 64-64-128 by default, 32-32-64 at ``stem_width=32``, which is
+  mmsegmentation's ResNetV1c (``stem_channels=64``, halved for the first two convs) and whose checkpoints'
+  names ``MMSEG_V1C_KEYS`` maps.
 
 ResNet-18/34 are built of basic blocks (two 3x3 convs), ResNet-50/101 of bottlenecks, v1.5 (the stride sits on
 the 3x3 conv). ``ResNet`` takes the block type (``block``, default ``Bottleneck``); ``resnet(depth)`` picks it
@@ -117,6 +120,22 @@ class ResNet(nn.Module):
             x = stage(x)  # (B, C_i, H/s_i, W/s_i)
             features.append(x)
         return features
+
+
+# mmsegmentation's ResNetV1c (mmseg/models/backbones/resnet.py, 03b0197: _make_stem_layer; ResLayer in
+# mmseg/models/utils/res_layer.py, 230246f): the stem is one flat Sequential of (conv, bn, ReLU) x 3, the stages
+# are layer1 ... layer4, a bottleneck's norms bn1 ... bn3 sit beside conv1 ... conv3 and the shortcut of a
+# stage's first block is downsample = (1x1 conv, bn). Key-mapping rules (models/keymaps.py) for the tables of
+# the families built on it.
+MMSEG_V1C_KEYS: tuple[tuple[str, str], ...] = (
+    *((rf"backbone\.stem\.{3 * i}\.(\w+)", rf"backbone.stem.{i}.0.\1") for i in range(3)),
+    *((rf"backbone\.stem\.{3 * i + 1}\.(\w+)", rf"backbone.stem.{i}.1.\1") for i in range(3)),
+    *((rf"backbone\.layer{s + 1}\.(\d+)\.conv(\d)\.weight", rf"backbone.stages.{s}.\1.conv\2.0.weight")
+      for s in range(4)),
+    *((rf"backbone\.layer{s + 1}\.(\d+)\.bn(\d)\.(\w+)", rf"backbone.stages.{s}.\1.conv\2.1.\3") for s in range(4)),
+    *((rf"backbone\.layer{s + 1}\.0\.downsample\.(\d)\.(\w+)", rf"backbone.stages.{s}.0.downsample.\1.\2")
+      for s in range(4)),
+)
 
 
 BLOCKS: dict[int, type[BasicBlock | Bottleneck]] = {18: BasicBlock, 34: BasicBlock, 50: Bottleneck, 101: Bottleneck}

@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..backbones.resnet import ResNet
+from ..backbones.resnet import MMSEG_V1C_KEYS, ResNet
 from ..base import ConvNormAct, SegmentationModel
+from ..keymaps import conv_norm
 from .fcn import FCNHead
 
 
@@ -53,3 +54,14 @@ def dilated_resnet_model(layers: tuple[int, int, int, int], num_classes: int,
     backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
     aux = FCNHead(backbone.out_channels[2], num_classes, aux_channels)  # deep supervision on stage 3
     return SegmentationModel(backbone, head(backbone.out_channels), num_classes, aux_heads=[aux], aux_indices=[2])
+
+
+# mmsegmentation's *_r50-d8 / *_r101-d8 models: ResNetV1c and an auxiliary FCNHead (num_convs=1) on stage 3
+# (configs/_base_/models/ccnet_r50-d8.py, pspnet_r50-d8.py; mmseg/models/decode_heads/fcn_head.py, 0b5f81f:
+# convs.0 a ConvModule, conv_seg the classifier), which dilated_resnet_model builds as aux_heads.0
+# (0: ConvNormAct, 1: dropout, 2: classifier). The rules the families' tables start with.
+MMSEG_DILATED_RESNET_KEYS: tuple[tuple[str, str], ...] = (
+    *MMSEG_V1C_KEYS,
+    *conv_norm(r"auxiliary_head\.convs\.0", "aux_heads.0.0"),
+    (r"auxiliary_head\.conv_seg\.(\w+)", r"aux_heads.0.2.\1"),
+)
