@@ -20,7 +20,29 @@ from export.compile.rewrites import apply_rewrites
 from helpers import calibration_batches, make_deterministic
 from models import MODELS, create_model, get_spec
 
-NAMES = sorted(MODELS)
+
+
+def _small_network(name: str) -> tuple:
+    """What the variant's small configuration builds: every module's type and plain settings (widths, eps,
+    modes, flags) and every tensor's shape. Variants that differ only at full size (SegFormer B2-B5,
+    Segmenter T/S/B/L) build the same small network, which the set then checks once."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=5, **get_spec(name).test_kwargs)
+    plain = (bool, int, float, str, tuple, type(None))
+    modules = tuple((n, type(m).__qualname__, tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                                                           if not k.startswith("_") and isinstance(v, plain))))
+                    for n, m in model.named_modules())
+    return type(model).__qualname__, modules, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def _distinct(names: list[str]) -> list[str]:
+    seen: dict[tuple, str] = {}
+    for name in names:
+        seen.setdefault(_small_network(name), name)
+    return sorted(seen.values())
+
+
+NAMES = _distinct(sorted(MODELS))
 EXPORT_SIZE = (64, 64)
 CHECK_SIZE = (64, 96)  # another size than the export's: the graph must really be dynamic
 
