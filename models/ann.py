@@ -10,6 +10,9 @@ in mmsegmentation's ANNHead arrangement:
   input fused by a 1x1 conv-BN-ReLU;
 - dropout, 1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported).
 
+The ``_v1c`` variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only
+difference from its ``ann_r{50,101}-d8`` networks, whose files import.
+
 In both blocks the keys and values are not all HW positions but the pyramid sampling of the paper: each
 projected map average-pooled to 1x1, 3x3, 6x6 and 8x8 bins and concatenated to S = 110 representatives, so
 attention is (HW x S) instead of (HW x HW). Query and key projections are 1x1 conv-BN-ReLU to 256 channels,
@@ -30,8 +33,9 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import dilated_resnet_model
+from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .heads.psp import adaptive_avg_pool
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 BINS = (1, 3, 6, 8)  # 1 + 9 + 36 + 64 = 110 sampled keys
@@ -133,11 +137,43 @@ def _ann(layers: tuple[int, int, int, int], num_classes: int, head_channels: int
     return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
-# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have). The
+# _v1c variants differ only in their full-size stem, so at these widths ann_r50_v1c is ann_r50.
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
 
+# mmsegmentation's ann_r50-d8 / ann_r101-d8 checkpoints (configs/_base_/models/ann_r50-d8.py, 3f8d34e: ResNetV1c,
+# ANNHead on stages 3 and 4 with channels 512, project_channels 256, query_scales (1,), key_pool_scales
+# (1, 3, 6, 8)). ANNHead (ann_head.py, 034a5c8): fusion (AFNB) and context (APNB) each hold stages.0, one
+# SelfAttentionBlock (query_scales has one scale), whose key_project and query_project are ConvModules
+# (key_query_norm) and value_project and out_project plain convs; their bottleneck ConvModules are our fuse;
+# ANNHead's bottleneck (3x3) our reduce. APNB shares key_project and query_project (one module, so the file
+# holds its tensors under both names, as our state dict does).
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *conv_norm(r"decode_head\.(fusion|context)\.stages\.0\.(query|key)_project", r"head.\1.attention.\2"),
+    (r"decode_head\.(fusion|context)\.stages\.0\.(value|out)_project\.(\w+)", r"head.\1.attention.\2.\3"),
+    *conv_norm(r"decode_head\.(fusion|context)\.bottleneck", r"head.\1.fuse"),
+    *conv_norm(r"decode_head\.bottleneck", "head.reduce"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
+), note="mmsegmentation ANNHead on ResNetV1c (configs/_base_/models/ann_r50-d8.py)")
 
-@register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",))
+
+@register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
 def ann_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """ANN, dilated ResNet-50 (output stride 8), AFNB on stages 3-4 and APNB, pyramid-sampled keys (S = 110)."""
     return _ann(DEPTHS[50], num_classes, **kwargs)
+
+
+@register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
+def ann_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """ANN on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its ann_r50-d8 checkpoints load here."""
+    return _ann(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
+                checkpoints=(MMSEG_KEYS,))
+def ann_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """ANN on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its ann_r101-d8 checkpoints load here."""
+    return _ann(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -2,7 +2,9 @@
 https://arxiv.org/abs/1809.02983) on the shared dilated ResNet-50 with the deep stem (output stride 8), in
 mmsegmentation's DAHead arrangement: two parallel branches on the backbone feature, each a 3x3
 conv-BN-ReLU reduction to 512 channels, an attention module and a 3x3 conv-BN-ReLU; their sum, dropout,
-1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported).
+1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported). The ``_v1c``
+variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only difference from its
+``danet_r{50,101}-d8`` networks, whose files import (their two per-branch classifiers left out, see below).
 
 - Position attention module (PAM): query and key 1x1 convs to C/8, value 1x1 conv to C,
   ``out_i = gamma * sum_j softmax_j(q_i . k_j) v_j + x_i`` (no scaling of the logits), ``gamma`` learned
@@ -32,7 +34,8 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import dilated_resnet_model
+from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 
@@ -101,11 +104,40 @@ def _danet(layers: tuple[int, int, int, int], num_classes: int, head_channels: i
     return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
-# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have). The
+# _v1c variants differ only in their full-size stem, so at these widths danet_r50_v1c is danet_r50.
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
 
+# mmsegmentation's danet_r50-d8 / danet_r101-d8 checkpoints (configs/_base_/models/danet_r50-d8.py, 3f8d34e:
+# ResNetV1c, DAHead with channels 512, pam_channels 64). DAHead (da_head.py, 1cd613f): pam_in_conv, pam,
+# pam_out_conv and the cam_ ones are ConvModules; PAM is mmseg's SelfAttentionBlock (utils/self_attention_block.py,
+# 50546da) with plain nn.Conv2d key_project, query_project, value_project (key_query_norm and value_out_norm
+# off, no out_project) and gamma, an mmcv Scale whose parameter is 0-dim (ours (1,): reshaped on import); CAM has
+# only gamma. pam_conv_seg and cam_conv_seg classify each branch for its own training loss: left out.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *conv_norm(r"decode_head\.(pam|cam)_in_conv", r"head.\1_in"),
+    *conv_norm(r"decode_head\.(pam|cam)_out_conv", r"head.\1_out"),
+    (r"decode_head\.pam\.(query|key|value)_project\.(\w+)", r"head.pam.\1.\2"),
+    (r"decode_head\.(pam|cam)\.gamma\.scale", r"head.\1.gamma"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
+), drop=(r"decode_head\.(pam|cam)_conv_seg\.\w+",),
+    note="mmsegmentation DAHead on ResNetV1c (configs/_base_/models/danet_r50-d8.py)")
 
-@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW)
+
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
 def danet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """DANet, dilated ResNet-50 (output stride 8), position and channel attention head."""
     return _danet(DEPTHS[50], num_classes, **kwargs)
+
+
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def danet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """DANet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its danet_r50-d8 checkpoints load here."""
+    return _danet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def danet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """DANet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its danet_r101-d8 checkpoints load here."""
+    return _danet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -21,6 +21,8 @@ Structure and widths follow mmsegmentation's EncHead / EncModule (``mmseg/models
 ``configs/_base_/models/encnet_r50-d8.py``: channels 512, num_codes 32, add_lateral off, dropout 0.1; FCN
 auxiliary head on stage 3 with 256 channels), which follow the authors' PyTorch-Encoding
 (``encoding/models/sseg/encnet.py``; its ``lateral`` connections are off except on PASCAL-Context and COCO).
+The ``_v1c`` variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only
+difference from its ``encnet_r{50,101}-d8`` networks, whose files import (the SE layer included).
 
 Deployment note: the official layer forms the (B, HW, K, C) tensor of all residuals x_i - d_k (2 GB in FP32
 for a 1024x2048 image at stride 8 with C = 512); here the distances are ||x_i||^2 - 2 x_i . d_k + ||d_k||^2 and
@@ -42,7 +44,9 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS, ResNet
 from .base import ConvNormAct, SegmentationModel
+from .heads.context import MMSEG_DILATED_RESNET_KEYS
 from .heads.fcn import FCNHead
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 
@@ -121,12 +125,44 @@ class EncNet(SegmentationModel):
         return upsample(logits), [upsample(fcn(features[self.aux_indices[0]])), se_layer(encoded)]
 
 
+def _encnet(depth: int, num_classes: int, base_width: int = 64, stem_width: int = 64, **kwargs) -> EncNet:
+    backbone = ResNet(DEPTHS[depth], output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+    return EncNet(backbone, num_classes, **kwargs)
+
+
 # Numerical tests: a quarter of the widths (every bottleneck, the stem and the head keep their layers; 32 codes).
+# The _v1c variants differ only in their full-size stem, so at these widths encnet_r50_v1c is encnet_r50.
 _NARROW = {"base_width": 16, "stem_width": 16, "channels": 128}
 
+# mmsegmentation's encnet_r50-d8 / encnet_r101-d8 checkpoints (configs/_base_/models/encnet_r50-d8.py, 3f8d34e:
+# ResNetV1c, EncHead with channels 512, num_codes 32, use_se_loss, add_lateral off). EncHead (enc_head.py,
+# 28a8873): bottleneck (ConvModule 3x3 on stage 4), enc_module = EncModule: encoding_project (ConvModule 1x1),
+# encoding = (Encoding: codewords (K, C), scale (K,) as ours (mmseg/models/utils/encoding.py, 3f8d34e); BN1d over
+# the K codes; ReLU), fc = (Linear, Sigmoid); conv_seg; se_layer, the SE-loss Linear, our aux_heads.1.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *conv_norm(r"decode_head\.bottleneck", "head.bottleneck"),
+    *conv_norm(r"decode_head\.enc_module\.encoding_project", "head.context_encoding.project"),
+    (r"decode_head\.enc_module\.(encoding\.[01]|fc\.0)\.(\w+)", r"head.context_encoding.\1.\2"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
+    (r"decode_head\.se_layer\.(\w+)", r"aux_heads.1.\1"),
+), note="mmsegmentation EncHead on ResNetV1c (configs/_base_/models/encnet_r50-d8.py)")
 
-@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW)
-def encnet_r50(num_classes: int = 19, base_width: int = 64, stem_width: int = 64, **kwargs) -> nn.Module:
+
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def encnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """EncNet, dilated ResNet-50 with the deep stem (output stride 8), 32 codewords."""
-    backbone = ResNet(DEPTHS[50], output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
-    return EncNet(backbone, num_classes, **kwargs)
+    return _encnet(50, num_classes, **kwargs)
+
+
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def encnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """EncNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its encnet_r50-d8 checkpoints load here."""
+    return _encnet(50, num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def encnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """EncNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its encnet_r101-d8 checkpoints load
+    here."""
+    return _encnet(101, num_classes, **{"stem_width": 32, **kwargs})

@@ -17,14 +17,27 @@ transposed conv), the same function at initialisation. The reference freezes the
 
 Not reproduced: conv1_1's 100-pixel padding and the crops it forces (models/backbones/vgg.py says why);
 every map here is exactly input / stride, so input sizes must be multiples of 32.
+
+mmsegmentation's FCN is another network of the same idea (``fcn_r50_v1c``, ``fcn_r101_v1c``, whose
+``fcn_r{50,101}-d8`` files import): the dilated ResNetV1c (output stride 8) with its FCNHead of two 3x3
+conv-BN-ReLU, concatenated with the backbone feature, a 3x3 fusion conv-BN-ReLU, dropout and a 1x1 classifier
+(``models.heads.context.ContextHead`` with no block); an FCN head on stage 3 trains it (``aux_heads``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .backbones.resnet import DEPTHS
 from .backbones.vgg import vgg16_fcn
 from .base import SegmentationModel
+from .heads.context import (
+    MMSEG_CONTEXT_HEAD_KEYS,
+    MMSEG_DILATED_RESNET_KEYS,
+    ContextHead,
+    dilated_resnet_model,
+)
+from .keymaps import KeyMap
 from .registry import register_model
 from .upsampling import bilinear_kernel
 
@@ -96,3 +109,36 @@ def fcn16s(num_classes: int = 21, **kwargs) -> nn.Module:
 def fcn8s(num_classes: int = 21, **kwargs) -> nn.Module:
     """FCN-8s on VGG16: fc7 scores 2x, plus pool4, 2x, plus pool3, upsampled 8x."""
     return _fcn(2, num_classes, **kwargs)
+
+
+def _fcn_resnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: int = 512,
+                **backbone) -> SegmentationModel:
+    """mmseg's FCNHead(num_convs=2, concat_input=True): ContextHead with no block; logits at stride 8."""
+    def head(channels: list[int]) -> ContextHead:
+        return ContextHead(channels[-1], num_classes, nn.Identity(), head_channels)
+
+    return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
+
+
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+_NARROW_RESNET = {"base_width": 16, "stem_width": 16, "head_channels": 128}
+
+# mmsegmentation's fcn_r50-d8 / fcn_r101-d8 checkpoints (configs/_base_/models/fcn_r50-d8.py, 2fc821e: ResNetV1c,
+# FCNHead with in_channels 2048, channels 512, num_convs 2, concat_input, dropout 0.1; auxiliary FCNHead 1024 ->
+# 256). FCNHead (fcn_head.py, 0b5f81f): convs.0, convs.1, conv_cat, conv_seg.
+MMSEG_KEYS = KeyMap("mmseg", (*MMSEG_DILATED_RESNET_KEYS, *MMSEG_CONTEXT_HEAD_KEYS),
+                    note="mmsegmentation FCNHead on ResNetV1c (configs/_base_/models/fcn_r50-d8.py)")
+
+
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET, checkpoints=(MMSEG_KEYS,))
+def fcn_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """mmsegmentation's FCN: dilated ResNetV1c-50 (output stride 8, deep stem 32-32-64), FCNHead with two convs
+    and the input concatenated: its fcn_r50-d8 checkpoints load here."""
+    return _fcn_resnet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET, checkpoints=(MMSEG_KEYS,))
+def fcn_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """mmsegmentation's FCN: dilated ResNetV1c-101 (output stride 8, deep stem 32-32-64), FCNHead with two convs
+    and the input concatenated: its fcn_r101-d8 checkpoints load here."""
+    return _fcn_resnet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

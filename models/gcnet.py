@@ -3,7 +3,9 @@ ICCV Workshops 2019, https://arxiv.org/abs/1904.11492; full version "Global Cont
 https://arxiv.org/abs/2012.13375) as a segmentation head on the shared dilated ResNet-50 with the deep stem
 (output stride 8), in mmsegmentation's GCHead arrangement: 3x3 conv-BN-ReLU reduction to 512 channels, one
 global context block, 3x3 conv-BN-ReLU, concatenation with the backbone feature, 3x3 fusion conv-BN-ReLU,
-dropout, 1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported).
+dropout, 1x1 classifier. Deep supervision trains an FCN head on stage 3 (``aux_heads``, never exported). The
+``_v1c`` variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only difference
+from its ``gcnet_r{50,101}-d8`` networks, whose files import.
 
 The global context block is the paper's: context modelling by attention pooling (a 1x1 conv to one channel,
 softmax over all HW positions, the weighted sum of the features: one context vector per image, the same for
@@ -20,7 +22,13 @@ import torch
 from torch import nn
 
 from .backbones.resnet import DEPTHS
-from .heads.context import ContextHead, dilated_resnet_model
+from .heads.context import (
+    MMSEG_CONTEXT_HEAD_KEYS,
+    MMSEG_DILATED_RESNET_KEYS,
+    ContextHead,
+    dilated_resnet_model,
+)
+from .keymaps import KeyMap
 from .registry import register_model
 
 
@@ -57,11 +65,36 @@ def _gcnet(layers: tuple[int, int, int, int], num_classes: int, head_channels: i
     return dilated_resnet_model(layers, num_classes, head, head_channels // 2, **backbone)
 
 
-# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
+# Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have). The
+# _v1c variants differ only in their full-size stem, so at these widths gcnet_r50_v1c is gcnet_r50.
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128}
 
+# mmsegmentation's gcnet_r50-d8 / gcnet_r101-d8 checkpoints (configs/_base_/models/gcnet_r50-d8.py, 3f8d34e:
+# ResNetV1c, GCHead with channels 512, ratio 1/4, pooling 'att', fusion ('channel_add',)). GCHead (gc_head.py,
+# 1cd613f) is an FCNHead with num_convs=2 and concat_input around gc_block, mmcv's ContextBlock
+# (mmcv/cnn/bricks/context_block.py, 1d7b818): conv_mask, and channel_add_conv = (1x1 conv, LayerNorm([C/4, 1, 1]),
+# ReLU, 1x1 conv), ours transform with the same indices.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *MMSEG_CONTEXT_HEAD_KEYS,
+    (r"decode_head\.gc_block\.conv_mask\.(\w+)", r"head.attention.mask.\1"),
+    (r"decode_head\.gc_block\.channel_add_conv\.([013])\.(\w+)", r"head.attention.transform.\1.\2"),
+), note="mmsegmentation GCHead on ResNetV1c (configs/_base_/models/gcnet_r50-d8.py)")
 
-@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW)
+
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
 def gcnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """GCNet, dilated ResNet-50 (output stride 8), global context head (attention pooling, add fusion)."""
     return _gcnet(DEPTHS[50], num_classes, **kwargs)
+
+
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def gcnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """GCNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its gcnet_r50-d8 checkpoints load here."""
+    return _gcnet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+def gcnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """GCNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its gcnet_r101-d8 checkpoints load here."""
+    return _gcnet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -17,6 +17,10 @@ paper's over-completed map is (2H-1) x (2W-1) of the (shrunk) feature. mmseg's C
 (97, 97), over-complete for its 769x769 crops (49x49 after shrinking). The op is valid at every size: at
 larger inputs the window is local, at smaller ones it is clipped at the borders. Auxiliary FCN head on
 stage 3, training only.
+
+The ``_v1c`` variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only
+difference from its Cityscapes ``psanet_r{50,101}-d8`` networks, whose files import; its ADE20K and VOC
+configs set ``mask_size=(66, 66)``, a different attention conv, which these variants (97 x 97) do not take.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import dilated_resnet_model
+from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .keymaps import KeyMap, conv_norm
 from .ops.psa_mask import psa_mask
 from .registry import register_model
 
@@ -90,12 +95,47 @@ def _psanet(layers: tuple[int, int, int, int], num_classes: int, head_channels: 
 
 
 # Numerical tests: a quarter of the widths, and a 7 x 7 window: over-complete for the 4 x 4 attention map of a
-# 64 x 64 input, clipped (local) on the 4 x 6 map of a 64 x 96 one.
+# 64 x 64 input, clipped (local) on the 4 x 6 map of a 64 x 96 one. The _v1c variants differ only in their
+# full-size stem, so at these widths psanet_r50_v1c is psanet_r50.
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128, "mask_size": (7, 7)}
 
+# mmsegmentation's psanet_r50-d8 / psanet_r101-d8 checkpoints (configs/_base_/models/psanet_r50-d8.py, 3f8d34e:
+# ResNetV1c, PSAHead with channels 512, mask_size (97, 97), bi-direction, compact off, shrink_factor 2,
+# normalization_factor 1.0, psa_softmax). PSAHead (psa_head.py, 3f8d34e): reduce and attention (ConvModule, conv
+# without bias) collect, reduce_p and attention_p distribute; proj (ConvModule 1x1, padding 1), bottleneck.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_DILATED_RESNET_KEYS,
+    *conv_norm(r"decode_head\.reduce", "head.collect.reduce"),
+    *conv_norm(r"decode_head\.attention\.0", "head.collect.attention.0"),
+    (r"decode_head\.attention\.1\.weight", "head.collect.attention.1.weight"),
+    *conv_norm(r"decode_head\.reduce_p", "head.distribute.reduce"),
+    *conv_norm(r"decode_head\.attention_p\.0", "head.distribute.attention.0"),
+    (r"decode_head\.attention_p\.1\.weight", "head.distribute.attention.1.weight"),
+    *conv_norm(r"decode_head\.proj", "head.project"),
+    *conv_norm(r"decode_head\.bottleneck", "head.bottleneck"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
+), note="mmsegmentation PSAHead on ResNetV1c (configs/_base_/models/psanet_r50-d8.py)")
 
-@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",))
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
+                checkpoints=(MMSEG_KEYS,))
 def psanet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet, ResNet-50 backbone (output stride 8), bi-directional PSA head with mmseg's Cityscapes 97 x 97
     window."""
     return _psanet(DEPTHS[50], num_classes, **kwargs)
+
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
+                checkpoints=(MMSEG_KEYS,))
+def psanet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSANet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
+    psanet_r50-d8 checkpoints load here."""
+    return _psanet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
+                checkpoints=(MMSEG_KEYS,))
+def psanet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSANet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
+    psanet_r101-d8 checkpoints load here."""
+    return _psanet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -4,7 +4,8 @@ mmsegmentation arranges them on the dilated ResNet:
 - ``ContextHead``: a 3x3 conv-BN-ReLU reduction, one context block applied ``recurrence`` times with shared
   weights (CCNet's R = 2; once for the others), a 3x3 conv-BN-ReLU, concatenation with the backbone feature,
   a 3x3 fusion conv-BN-ReLU, dropout (0.1) and a 1x1 classifier (mmseg's NLHead, GCHead and RCCAHead are this
-  with their own block).
+  with their own block; its FCNHead with ``num_convs=2, concat_input=True``, the FCN of its ``fcn_r50-d8``,
+  is this with no block, ``nn.Identity``).
 - ``dilated_resnet_model``: the dilated ResNet with the deep stem (output stride 8), a head built on its
   last feature's width, and the FCN head on stage 3 as deep supervision (``aux_heads``, never exported), which
   is how every ``*_r50-d8`` model of these families is assembled.
@@ -64,4 +65,15 @@ MMSEG_DILATED_RESNET_KEYS: tuple[tuple[str, str], ...] = (
     *MMSEG_V1C_KEYS,
     *conv_norm(r"auxiliary_head\.convs\.0", "aux_heads.0.0"),
     (r"auxiliary_head\.conv_seg\.(\w+)", r"aux_heads.0.2.\1"),
+)
+
+
+# mmseg's FCNHead(num_convs=2, concat_input=True) (fcn_head.py, 0b5f81f) and the heads built on it (NLHead,
+# GCHead: nl_head.py, gc_head.py, 1cd613f): convs.0 reduces, the block attends, convs.1 projects, conv_cat fuses
+# cat([x, output]) in our order, conv_seg classifies; ContextHead's reduce, project, fuse and classifier.
+MMSEG_CONTEXT_HEAD_KEYS: tuple[tuple[str, str], ...] = (
+    *conv_norm(r"decode_head\.convs\.0", "head.reduce"),
+    *conv_norm(r"decode_head\.convs\.1", "head.project"),
+    *conv_norm(r"decode_head\.conv_cat", "head.fuse"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
 )
