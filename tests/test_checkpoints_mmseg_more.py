@@ -1,0 +1,157 @@
+"""More mmsegmentation model-zoo layouts (the families' MMSEG_KEYS tables): OCRNet on HRNetV2, and the import
+error that names the variant a file fits.
+
+As in tests/test_checkpoints_mmseg.py (whose SourceState, randomised and save this file uses), each writer spells
+out mmseg's key names and shapes from its code and configs (cited at each writer), key by key and independently
+of the tables, filled with the tensors of one of our randomly initialised models; imported into a fresh model the
+file must give that model's outputs exactly, and the parameter count summed over the written shapes (the source's
+deployed network) must be the imported model's. Where mmseg's code fixes a width that our test_kwargs shrink
+(HRNet's 64-wide stem), the writer takes it as an argument so that the round trip runs at the small size; the
+full-size count uses mmseg's value."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_checkpoints_mmseg import CITYSCAPES, PALETTE, SourceState, randomised, save
+
+from export.compile.checkpoints import read_checkpoint
+from export.compile.weights import import_weights
+from models import count_parameters, create_model, get_spec
+
+# ------------------------------------------------------------------------------------ the sources' layouts
+
+
+def conv1d_module(s: SourceState, key: str, ours: str, cin: int, cout: int) -> None:
+    """An mmcv ConvModule (1x1, BN) run on a (B, C, K, 1) map; ours a ConvNormAct1d (Conv1d, BatchNorm1d)."""
+    s.put(f"{key}.conv.weight", (cout, cin, 1, 1), s.take(f"{ours}.0.weight").reshape(cout, cin, 1, 1))
+    s.bn(f"{key}.bn", f"{ours}.1", cout)
+
+
+def mmseg_hrnet(s: SourceState, width: int, depths=(4, 4, 4, 4), num_modules=(1, 4, 3), stem: int = 64,
+                stage1: int = 64) -> list[int]:
+    """mmseg/models/backbones/hrnet.py (034a5c8) with configs/_base_/models/ocrnet_hr18.py's ``extra`` (57ac1a0):
+    conv1/bn1, conv2/bn2 (3x3 s2, 64 wide in mmseg's code: ``stem``); layer1 of mmseg's resnet Bottlenecks
+    (``stage1`` = num_channels 64, downsample on the first); transitionN.{i} = (conv, bn, relu) for a width change,
+    (((conv s2, bn, relu))) for the new branch; stageN.{m} = HRModule: branches.{b}.{k} BasicBlocks (conv1, bn1,
+    conv2, bn2), fuse_layers.{i}.{j} = (1x1 conv, bn, Upsample) from a coarser branch, ((3x3 s2 conv, bn[, relu])
+    x (i - j)) from a finer one. Returns the four branch widths."""
+    s.conv("backbone.conv1", "backbone.stem.0.0", 3, stem, 3)
+    s.bn("backbone.bn1", "backbone.stem.0.1", stem)
+    s.conv("backbone.conv2", "backbone.stem.1.0", stem, stem, 3)
+    s.bn("backbone.bn2", "backbone.stem.1.1", stem)
+    for k in range(depths[0]):
+        cin = stem if k == 0 else 4 * stage1
+        for n, (ci, co, ks) in enumerate(((cin, stage1, 1), (stage1, stage1, 3), (stage1, 4 * stage1, 1)), 1):
+            s.conv(f"backbone.layer1.{k}.conv{n}", f"backbone.layer1.{k}.conv{n}.0", ci, co, ks)
+            s.bn(f"backbone.layer1.{k}.bn{n}", f"backbone.layer1.{k}.conv{n}.1", co)
+        if k == 0 and cin != 4 * stage1:
+            s.conv("backbone.layer1.0.downsample.0", "backbone.layer1.0.downsample.0", cin, 4 * stage1, 1)
+            s.bn("backbone.layer1.0.downsample.1", "backbone.layer1.0.downsample.1", 4 * stage1)
+    previous = [4 * stage1]
+    for stage, (depth, modules) in enumerate(zip(depths[1:], num_modules), start=2):
+        widths = [width * 2**b for b in range(stage)]
+        t = f"backbone.transition{stage - 1}"
+        for i, c in enumerate(widths):
+            if i < len(previous) and c != previous[i]:
+                s.conv(f"{t}.{i}.0", f"{t}.{i}.0", previous[i], c, 3)
+                s.bn(f"{t}.{i}.1", f"{t}.{i}.1", c)
+            elif i >= len(previous):
+                s.conv(f"{t}.{i}.0.0", f"{t}.{i}.0.0", previous[-1], c, 3)
+                s.bn(f"{t}.{i}.0.1", f"{t}.{i}.0.1", c)
+        for m in range(modules):
+            mm = f"backbone.stage{stage}.{m}"
+            for b, c in enumerate(widths):
+                for k in range(depth):
+                    for n in (1, 2):
+                        s.conv(f"{mm}.branches.{b}.{k}.conv{n}", f"{mm}.branches.{b}.{k}.conv{n}.0", c, c, 3)
+                        s.bn(f"{mm}.branches.{b}.{k}.bn{n}", f"{mm}.branches.{b}.{k}.conv{n}.1", c)
+            for i, ci in enumerate(widths):
+                for j, cj in enumerate(widths):
+                    f = f"{mm}.fuse_layers.{i}.{j}"
+                    if j > i:
+                        s.conv(f"{f}.0", f"{f}.0", cj, ci, 1)
+                        s.bn(f"{f}.1", f"{f}.1", ci)
+                    for k in range(i - j):
+                        co = ci if k == i - j - 1 else cj
+                        s.conv(f"{f}.{k}.0", f"{f}.{k}.0", cj, co, 3)
+                        s.bn(f"{f}.{k}.1", f"{f}.{k}.1", co)
+        previous = widths
+    return previous
+
+
+def mmseg_ocrnet(model, num_classes, width=18, depths=(4, 4, 4, 4), num_modules=(1, 4, 3), stem=64, stage1=64,
+                 channels=512, ocr_channels=256) -> SourceState:
+    """configs/_base_/models/ocrnet_hr18.py (57ac1a0; hr48: configs/ocrnet/ocrnet_hr48_4xb2-80k_cityscapes-
+    512x1024.py, hr18s: ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py, 3f8d34e): decode_head.0 an FCNHead
+    (resize_concat, one 1x1 ConvModule keeping the width, conv_seg), decode_head.1 the OCRHead (decode_heads/
+    ocr_head.py 168c883: bottleneck 3x3 ConvModule to 512; object_context_block = SelfAttentionBlock
+    (models/utils/self_attention_block.py 50546da) with key_project and query_project two 1x1 ConvModules,
+    value_project and out_project one, and its bottleneck 1x1 on the concatenation; conv_seg)."""
+    s = SourceState(model)
+    c = sum(mmseg_hrnet(s, width, depths, num_modules, stem, stage1))
+    s.conv_module("decode_head.0.convs.0", "head.soft_regions", c, c, 1)
+    s.conv("decode_head.0.conv_seg", "head.soft_regions.3", c, num_classes, 1, bias=True)
+    s.conv_module("decode_head.1.bottleneck", "head.pixel_representation", c, channels, 3)
+    block = "decode_head.1.object_context_block"
+    for k in range(2):
+        cin = channels if k == 0 else ocr_channels
+        s.conv_module(f"{block}.query_project.{k}", f"head.attention.query.{k}", cin, ocr_channels, 1)
+        conv1d_module(s, f"{block}.key_project.{k}", f"head.attention.key.{k}", cin, ocr_channels)
+    conv1d_module(s, f"{block}.value_project", "head.attention.value", channels, ocr_channels)
+    s.conv_module(f"{block}.out_project", "head.attention.out", ocr_channels, channels, 1)
+    s.conv_module(f"{block}.bottleneck", "head.fuse", 2 * channels, channels, 1)
+    s.conv("decode_head.1.conv_seg", "head.classifier", channels, num_classes, 1, bias=True)
+    return s
+
+
+_HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
+                "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
+HR18S = {"depths": (2, 2, 2, 2), "num_modules": (1, 3, 2)}
+# name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
+# file adds beside the deployed network)
+CASES = {
+    "ocrnet_hrnetv2_w18_mmseg": (mmseg_ocrnet, {"width": 18}, _HRNET_SMALL, ()),
+    "ocrnet_hrnetv2_w48_mmseg": (mmseg_ocrnet, {"width": 48}, _HRNET_SMALL, ()),
+    "ocrnet_hrnetv2_w18_small_v2_mmseg": (mmseg_ocrnet, {"width": 18, **HR18S}, _HRNET_SMALL, ()),
+}
+# Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
+# publishes no parameter counts).
+SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
+                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496}
+RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
+                       "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
+
+
+@pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
+                                        ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x")])
+def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
+    writer, _, small, extra = CASES[name]
+    kwargs = get_spec(name).test_kwargs
+    source_model = randomised(name, 0, **kwargs)
+    s = writer(source_model, 19, **small)
+    assert s.used == set(s.ours)  # the writer put every one of our tensors somewhere
+
+    checkpoint = read_checkpoint(save(tmp_path, name, s, meta))
+    assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == ("mmseg", list(CITYSCAPES), PALETTE)
+    imported = randomised(name, 1, **kwargs)
+    report = import_weights(imported, name, checkpoint)
+    assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out
+    assert sorted(report.reshaped) == RESHAPED.get(get_spec(name).family, [])
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, result = source_model(images), imported(images)
+    assert torch.isfinite(expected).all() and torch.equal(result, expected)
+    assert count_parameters(imported) == s.parameters(skip=extra)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_is_the_source_configs(name):
+    """At full width (shapes only), the source network the writer lays out from the config has the parameters
+    of the registered variant, and every one of our tensors has its source tensor."""
+    writer, full, _, extra = CASES[name]
+    with torch.device("meta"):
+        model = create_model(name, num_classes=19)
+    s = writer(model, 19, **full)
+    assert s.used == set(s.ours)
+    assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
