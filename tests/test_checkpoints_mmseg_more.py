@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_checkpoints_mmseg import CITYSCAPES, PALETTE, SourceState, randomised, save
+from test_checkpoints_mmseg import (
+    CITYSCAPES,
+    PALETTE,
+    R50,
+    SourceState,
+    mmseg_ccnet,
+    randomised,
+    save,
+)
 
 from export.compile.checkpoints import read_checkpoint
 from export.compile.weights import import_weights
+from export.errors import UserError
 from models import count_parameters, create_model, get_spec
 
 # ------------------------------------------------------------------------------------ the sources' layouts
@@ -155,3 +164,41 @@ def test_parameter_count_is_the_source_configs(name):
     s = writer(model, 19, **full)
     assert s.used == set(s.ours)
     assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
+
+
+# ------------------------------------------------------------- a file for another variant of the family
+
+
+def full_size_file(tmp_path, name: str, writer, **config):
+    """An mmseg file of ``name`` at full size in shapes only: every tensor one zero broadcast to its shape (a
+    1-element storage, so the file stays small), which is all an import needs to say what fits."""
+    with torch.device("meta"):
+        s = writer(create_model(name, num_classes=19), 19, **config)
+    s.state = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in s.state.items()}
+    return read_checkpoint(save(tmp_path, name, s, "mmseg 0.x"))
+
+
+@pytest.mark.parametrize("target, fits, writer, config", [
+    ("ccnet", "ccnet_r50_v1c", mmseg_ccnet, {"layers": R50}),
+    ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48})])
+def test_a_zoo_file_for_another_variant_names_it(target, fits, writer, config, tmp_path):
+    """mmseg's ccnet_r50-d8 file (ResNetV1c's 32-32-64 stem) into plain ccnet (64-64-128), and ocrnet_hr48's
+    (no bias on two convs) into the official-code OCRNet: the one-line error names the variant the file fits."""
+    checkpoint = full_size_file(tmp_path, fits, writer, **config)
+    with torch.device("meta"):
+        model = create_model(target, num_classes=19)
+    with pytest.raises(UserError) as error:
+        import_weights(model, target, checkpoint)
+    message = str(error.value)
+    assert "\n" not in message and f"do not fit {target}: " in message
+    assert message.endswith(f"; the file fits the registered variant {fits}: use that name (models[].name, --model)")
+
+
+def test_no_variant_named_when_none_does_better(tmp_path):
+    """A file that fits no variant better than the one asked for (here one of another width) gets no hint."""
+    s = mmseg_ccnet(randomised("ccnet_r50_v1c", 0, **get_spec("ccnet_r50_v1c").test_kwargs), 19,
+                    layers=R50, stem_channels=16, base=16, channels=128, aux=64)
+    checkpoint = read_checkpoint(save(tmp_path, "ccnet", s, "mmseg 0.x"))
+    with pytest.raises(UserError) as error:
+        import_weights(create_model("ccnet", num_classes=19, **get_spec("ccnet").test_kwargs), "ccnet", checkpoint)
+    assert "registered variant" not in str(error.value) and "comes closest" not in str(error.value)
