@@ -113,6 +113,63 @@ def mmseg_ocrnet(model, num_classes, width=18, depths=(4, 4, 4, 4), num_modules=
     return s
 
 
+def mmseg_resnet(s: SourceState, prefix: str, ours: str, depth_layers=(2, 2, 2, 2), stem: int = 64,
+                 base: int = 64) -> list[int]:
+    """mmseg's plain ResNet of BasicBlocks (mmseg/models/backbones/resnet.py 03b0197, deep_stem False): conv1 (7x7
+    s2) and bn1, layerN.{j} = (conv1 3x3 with the stride, bn1, conv2, bn2) and a downsample (1x1 conv, bn) where
+    the stride or width changes. Returns the stage widths."""
+    s.conv(f"{prefix}.conv1", f"{ours}.stem.0.0", 3, stem, 7)
+    s.bn(f"{prefix}.bn1", f"{ours}.stem.0.1", stem)
+    cin, widths = stem, []
+    for i, n in enumerate(depth_layers):
+        c = base * 2**i
+        for j in range(n):
+            mm, o = f"{prefix}.layer{i + 1}.{j}", f"{ours}.stages.{i}.{j}"
+            s.conv(f"{mm}.conv1", f"{o}.conv1.0", cin if j == 0 else c, c, 3)
+            s.bn(f"{mm}.bn1", f"{o}.conv1.1", c)
+            s.conv(f"{mm}.conv2", f"{o}.conv2.0", c, c, 3)
+            s.bn(f"{mm}.bn2", f"{o}.conv2.1", c)
+            if j == 0 and (i > 0 or cin != c):
+                s.conv(f"{mm}.downsample.0", f"{o}.downsample.0", cin, c, 1)
+                s.bn(f"{mm}.downsample.1", f"{o}.downsample.1", c)
+        cin = c
+        widths.append(c)
+    return widths
+
+
+def mmseg_bisenetv1(model, num_classes, spatial=(64, 64, 64, 128), context=128, stem=64, base=64, head=256,
+                    aux=64) -> SourceState:
+    """configs/_base_/models/bisenetv1_r18-d32.py (3d241e0): BiSeNetV1(context_channels (128, 256, 512),
+    spatial_channels (64, 64, 64, 128), out_channels 256) on a ResNet-18; FCNHead 256 -> 256 (num_convs 1) and
+    two auxiliary FCNHeads 128 -> 64 on outputs 1 and 2. mmseg/models/backbones/bisenetv1.py (168c883):
+    spatial_path.layer1..4 (7x7 s2, 3x3 s2, 3x3 s2, 1x1 ConvModules); context_path: arm16 / arm32 (conv_layer 3x3,
+    atten_conv_layer.1 1x1 ConvModule without activation), conv_head32 and conv_head16 (3x3), gap_conv.1 (1x1);
+    ffm: conv1 (1x1) and conv_atten.0 (1x1 ConvModule, ReLU) before the sigmoid."""
+    s = SourceState(model)
+    c16, c32 = mmseg_resnet(s, "backbone.context_path.backbone", "backbone.context.backbone", stem=stem,
+                            base=base)[-2:]
+    cin = 3
+    for i, (c, k) in enumerate(zip(spatial, (7, 3, 3, 1))):
+        s.conv_module(f"backbone.spatial_path.layer{i + 1}", f"backbone.spatial.{i}", cin, c, k)
+        cin = c
+    cp, ours = "backbone.context_path", "backbone.context"
+    for arm, cin in (("arm16", c16), ("arm32", c32)):
+        s.conv_module(f"{cp}.{arm}.conv_layer", f"{ours}.{arm}.conv", cin, context, 3)
+        s.conv_module(f"{cp}.{arm}.atten_conv_layer.1", f"{ours}.{arm}.attention", context, context, 1)
+    s.conv_module(f"{cp}.conv_head32", f"{ours}.refine16", context, context, 3)
+    s.conv_module(f"{cp}.conv_head16", f"{ours}.refine8", context, context, 3)
+    s.conv_module(f"{cp}.gap_conv.1", f"{ours}.global_context", c32, context, 1)
+    fused = spatial[-1] + context
+    s.conv_module("backbone.ffm.conv1", "backbone.fusion.fuse", fused, fused, 1)
+    s.conv_module("backbone.ffm.conv_atten.0", "backbone.fusion.attention", fused, fused, 1)
+    s.conv_module("decode_head.convs.0", "head.seg.0", fused, head, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", head, num_classes, 1, bias=True)
+    for k in range(2):
+        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", context, aux, 3)
+        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.2", aux, num_classes, 1, bias=True)
+    return s
+
+
 _HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
                 "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
 HR18S = {"depths": (2, 2, 2, 2), "num_modules": (1, 3, 2)}
@@ -122,17 +179,20 @@ CASES = {
     "ocrnet_hrnetv2_w18_mmseg": (mmseg_ocrnet, {"width": 18}, _HRNET_SMALL, ()),
     "ocrnet_hrnetv2_w48_mmseg": (mmseg_ocrnet, {"width": 48}, _HRNET_SMALL, ()),
     "ocrnet_hrnetv2_w18_small_v2_mmseg": (mmseg_ocrnet, {"width": 18, **HR18S}, _HRNET_SMALL, ()),
+    "bisenetv1_r18_mmseg": (mmseg_bisenetv1, {}, {"spatial": (16, 16, 16, 32), "context": 32, "stem": 16, "base": 16,
+                                                  "head": 16, "aux": 32}, ("auxiliary_head.",)),
 }
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
 # publishes no parameter counts).
 SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
-                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496}
+                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539}
 RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
                        "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
 
 
 @pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
-                                        ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x")])
+                                        ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
+                                        ("bisenetv1_r18_mmseg", "mmseg 0.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs
@@ -202,3 +262,24 @@ def test_no_variant_named_when_none_does_better(tmp_path):
     with pytest.raises(UserError) as error:
         import_weights(create_model("ccnet", num_classes=19, **get_spec("ccnet").test_kwargs), "ccnet", checkpoint)
     assert "registered variant" not in str(error.value) and "comes closest" not in str(error.value)
+
+
+def test_mmseg_bisenetv1_runs_mmseg_forward():
+    """mmseg's ContextPath.forward and FeatureFusionModule.forward (backbones/bisenetv1.py) written out on the
+    variant's layers: nearest upsampling to the stride-16 and stride-8 maps, x + x * sigmoid(conv-BN-ReLU(pool))."""
+    import torch.nn.functional as F
+
+    model = randomised("bisenetv1_r18_mmseg", 0, **get_spec("bisenetv1_r18_mmseg").test_kwargs)
+    cp, ffm = model.backbone.context, model.backbone.fusion
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        x16, x32 = cp.backbone(x)[-2:]
+        x_gap = cp.global_context(F.adaptive_avg_pool2d(x32, 1))
+        x32_up = cp.refine16(F.interpolate(cp.arm32(x32) + x_gap, size=x16.shape[2:], mode="nearest"))
+        x16_up = cp.refine8(F.interpolate(cp.arm16(x16) + x32_up, size=(8, 12), mode="nearest"))
+        assert all(torch.equal(a, b) for a, b in zip(cp(x, torch.Size((8, 12))), (x16_up, x32_up)))
+        spatial = model.backbone.spatial(x)
+        fuse = ffm.fuse(torch.cat([spatial, x16_up], dim=1))
+        expected = fuse * torch.sigmoid(ffm.attention(F.adaptive_avg_pool2d(fuse, 1))) + fuse
+        assert torch.allclose(ffm(spatial, x16_up), expected, atol=1e-6)
