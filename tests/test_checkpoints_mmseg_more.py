@@ -18,6 +18,7 @@ from test_checkpoints_mmseg import (
     R50,
     SourceState,
     mmseg_ccnet,
+    mmseg_resnet_v1c,
     randomised,
     save,
 )
@@ -170,6 +171,35 @@ def mmseg_bisenetv1(model, num_classes, spatial=(64, 64, 64, 128), context=128, 
     return s
 
 
+def mmseg_pointrend(model, num_classes, layers=R50, stem_channels=64, base=64, fpn=256, coarse=128,
+                    point=256) -> SourceState:
+    """configs/_base_/models/pointrend_r50.py: ResNetV1c (dilations 1), FPN(in_channels 256..2048, out 256,
+    num_outs 4; mmdet-style neck: lateral_convs / fpn_convs ConvModules without norm), decode_head.0 an FPNHead
+    (feature_strides 4, 8, 16, 32, channels 128: per level max(1, log2(s / 4)) 3x3 ConvModules, each followed by an
+    Upsample on levels coarser than the first), decode_head.1 the PointHead (decode_heads/point_head.py 11deec3:
+    three Conv1d ConvModules of 256 without norm on [fine, coarse] with the coarse logits appended after each,
+    fc_seg)."""
+    s = SourceState(model)
+    mmseg_resnet_v1c(s, layers, stem_channels, base)
+    for i in range(4):
+        s.conv(f"neck.lateral_convs.{i}.conv", f"head.neck.lateral_convs.{i}", 4 * base * 2**i, fpn, 1, bias=True)
+        s.conv(f"neck.fpn_convs.{i}.conv", f"head.neck.fpn_convs.{i}", fpn, fpn, 3, bias=True)
+    for i in range(4):
+        for k in range(max(1, i)):
+            idx = 2 * k if i > 0 else k
+            s.conv_module(f"decode_head.0.scale_heads.{i}.{idx}", f"head.coarse_head.scale_heads.{i}.{idx}",
+                          fpn if k == 0 else coarse, coarse, 3)
+    s.conv("decode_head.0.conv_seg", "head.coarse_head.classifier", coarse, num_classes, 1, bias=True)
+    cin = fpn + num_classes
+    for i in range(3):
+        s.put(f"decode_head.1.fcs.{i}.conv.weight", (point, cin, 1), s.take(f"head.point_head.fcs.{i}.0.weight"))
+        s.put(f"decode_head.1.fcs.{i}.conv.bias", (point,), s.take(f"head.point_head.fcs.{i}.0.bias"))
+        cin = point + num_classes
+    s.put("decode_head.1.fc_seg.weight", (num_classes, cin, 1), s.take("head.point_head.classifier.weight"))
+    s.put("decode_head.1.fc_seg.bias", (num_classes,), s.take("head.point_head.classifier.bias"))
+    return s
+
+
 _HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
                 "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
 HR18S = {"depths": (2, 2, 2, 2), "num_modules": (1, 3, 2)}
@@ -181,18 +211,21 @@ CASES = {
     "ocrnet_hrnetv2_w18_small_v2_mmseg": (mmseg_ocrnet, {"width": 18, **HR18S}, _HRNET_SMALL, ()),
     "bisenetv1_r18_mmseg": (mmseg_bisenetv1, {}, {"spatial": (16, 16, 16, 32), "context": 32, "stem": 16, "base": 16,
                                                   "head": 16, "aux": 32}, ("auxiliary_head.",)),
+    "pointrend_r50_v1c": (mmseg_pointrend, {}, {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64},
+                          ()),
 }
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
 # publishes no parameter counts).
 SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
-                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539}
+                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539,
+                 "pointrend_r50_v1c": 28_715_119}
 RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
                        "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
 
 
 @pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
                                         ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
-                                        ("bisenetv1_r18_mmseg", "mmseg 0.x")])
+                                        ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs
@@ -240,7 +273,8 @@ def full_size_file(tmp_path, name: str, writer, **config):
 
 @pytest.mark.parametrize("target, fits, writer, config", [
     ("ccnet", "ccnet_r50_v1c", mmseg_ccnet, {"layers": R50}),
-    ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48})])
+    ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48}),
+    ("pointrend_r50", "pointrend_r50_v1c", mmseg_pointrend, {})])
 def test_a_zoo_file_for_another_variant_names_it(target, fits, writer, config, tmp_path):
     """mmseg's ccnet_r50-d8 file (ResNetV1c's 32-32-64 stem) into plain ccnet (64-64-128), and ocrnet_hr48's
     (no bias on two convs) into the official-code OCRNet: the one-line error names the variant the file fits."""
