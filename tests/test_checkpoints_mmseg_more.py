@@ -7,7 +7,13 @@ of the tables, filled with the tensors of one of our randomly initialised models
 file must give that model's outputs exactly, and the parameter count summed over the written shapes (the source's
 deployed network) must be the imported model's. Where mmseg's code fixes a width that our test_kwargs shrink
 (HRNet's 64-wide stem), the writer takes it as an argument so that the round trip runs at the small size; the
-full-size count uses mmseg's value."""
+full-size count uses mmseg's value.
+
+Not mapped yet: ICNet (mmseg's backbones/icnet.py is another network than icnet_r50: a PSPNet pyramid that
+concatenates with 512-wide reductions and a 3x3 bottleneck, conv_sub2/conv_sub4 1x1 convs, ReLU on each CFF
+branch in its ICNeck, a ceil_mode max-pool, on ResNetV1c; it needs its own variant built from
+configs/_base_/models/icnet_r50-d8.py and necks/ic_neck.py), U-Net (unet-s5-d16), DPT and Segmenter: not yet
+compared with mmseg's code."""
 from __future__ import annotations
 
 import pytest
