@@ -30,6 +30,10 @@ The widths, and where the paper's text and the code differ, follow the authors' 
 - upsampling is bilinear with ``align_corners=False`` like the rest of this package (TorchSeg: ``True``;
   CoinCheung/BiSeNet: nearest), always to the size of the map it is added to or fused with, so one exported
   graph serves every input size.
+
+``bisenetv1_r18_mmseg`` is mmsegmentation's network instead (its bisenetv1_r18-d32 checkpoints load there): the
+Context Path upsamples by nearest, the FFM's attention is one 1x1 conv-BN-ReLU before the sigmoid, and the heads
+are 256 (seg) and 64 (auxiliary) wide.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from .backbones.resnet import resnet
 from .backbones.xception39 import Xception39
 from .base import ConvNormAct, SegmentationModel, init_conv_bn
 from .heads.fcn import FCNHead
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 
@@ -76,11 +81,13 @@ class ContextPath(nn.Module):
     """Backbone, global context, ARMs on the last two stages and the upsample-and-add path down to stride 8.
 
     ``forward(images, size)`` returns ``[context at stride 8 (upsampled to size), context at stride 16]``.
+    ``upsample``: 'bilinear' (align_corners=False) or 'nearest' (mmsegmentation's).
     """
 
-    def __init__(self, backbone: nn.Module, channels: int = 128) -> None:
+    def __init__(self, backbone: nn.Module, channels: int = 128, upsample: str = "bilinear") -> None:
         super().__init__()
         self.backbone = backbone
+        self.upsample = upsample
         c16, c32 = backbone.out_channels[-2:]
         self.global_context = ConvNormAct(c32, channels, 1)
         self.arm32 = AttentionRefinement(c32, channels)
@@ -92,21 +99,27 @@ class ContextPath(nn.Module):
         x16, x32 = self.backbone(images)[-2:]  # (B, C16, H/16, W/16), (B, C32, H/32, W/32)
         context = self.global_context(x32.mean(dim=(2, 3), keepdim=True))  # (B, C, 1, 1)
         up32 = self.arm32(x32) + context  # broadcast: the 1x1 global context upsampled to stride 32
-        up32 = F.interpolate(up32, size=x16.shape[-2:], mode="bilinear", align_corners=False)
+        up32 = self._resize(up32, x16.shape[-2:])
         context16 = self.refine16(up32)  # (B, C, H/16, W/16)
-        up16 = F.interpolate(self.arm16(x16) + context16, size=size, mode="bilinear", align_corners=False)
+        up16 = self._resize(self.arm16(x16) + context16, size)
         context8 = self.refine8(up16)  # (B, C, H/8, W/8)
         return [context8, context16]
+
+    def _resize(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        if self.upsample == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=self.upsample, align_corners=False)
 
 
 class FeatureFusion(nn.Module):
     """FFM (paper Fig. 2): concatenate, 1x1 conv-BN-ReLU, and ``x + x * attention`` with a channel attention
-    from global average pooling, 1x1 conv, ReLU, 1x1 conv and sigmoid."""
+    from global average pooling, 1x1 conv, ReLU, 1x1 conv and sigmoid. ``single_conv_attention``: one 1x1
+    conv-BN-ReLU before the sigmoid instead (mmsegmentation's FeatureFusionModule)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, single_conv_attention: bool = False) -> None:
         super().__init__()
         self.fuse = ConvNormAct(in_channels, out_channels, 1)
-        self.attention = nn.Sequential(
+        self.attention = ConvNormAct(out_channels, out_channels, 1) if single_conv_attention else nn.Sequential(
             nn.Conv2d(out_channels, out_channels, 1, bias=False),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 1, bias=False),
@@ -126,12 +139,12 @@ class BiSeNetV1Backbone(nn.Module):
     """
 
     def __init__(self, context_backbone: nn.Module, spatial_channels: tuple[int, int, int, int] = (64, 64, 64, 128),
-                 context_channels: int = 128) -> None:
+                 context_channels: int = 128, mmseg: bool = False) -> None:
         super().__init__()
         self.spatial = SpatialPath(3, spatial_channels)
-        self.context = ContextPath(context_backbone, context_channels)
+        self.context = ContextPath(context_backbone, context_channels, "nearest" if mmseg else "bilinear")
         fused = spatial_channels[-1] + context_channels
-        self.fusion = FeatureFusion(fused, fused)
+        self.fusion = FeatureFusion(fused, fused, single_conv_attention=mmseg)
         self.out_channels = [fused, context_channels, context_channels]
         self.strides = [8, 8, 16]
 
@@ -159,8 +172,8 @@ class BiSeNetV1(SegmentationModel):
 
     def __init__(self, context_backbone: nn.Module, num_classes: int = 19,
                  spatial_channels: tuple[int, int, int, int] = (64, 64, 64, 128), context_channels: int = 128,
-                 head_channels: int = 64, aux_head_channels: int = 128) -> None:
-        backbone = BiSeNetV1Backbone(context_backbone, spatial_channels, context_channels)
+                 head_channels: int = 64, aux_head_channels: int = 128, mmseg: bool = False) -> None:
+        backbone = BiSeNetV1Backbone(context_backbone, spatial_channels, context_channels, mmseg)
         head = BiSeNetV1Head(backbone.out_channels[0], head_channels, num_classes)
         aux_heads = [FCNHead(context_channels, num_classes, aux_head_channels, dropout=0.0) for _ in range(2)]
         super().__init__(backbone, head, num_classes, aux_heads, aux_indices=[1, 2])
@@ -172,12 +185,53 @@ class BiSeNetV1(SegmentationModel):
 _NARROW = {"spatial_channels": (16, 16, 16, 32), "context_channels": 32, "head_channels": 16, "aux_head_channels": 32}
 
 
+# mmsegmentation's bisenetv1_r18-d32 checkpoints (configs/_base_/models/bisenetv1_r18-d32.py, 3d241e0: a plain
+# ResNet-18 Context Path, 7x7 stem; FCNHead 256 -> 256 and two auxiliary FCNHeads 128 -> 64). mmseg/models/
+# backbones/bisenetv1.py (168c883): spatial_path.layer1..4, context_path.{arm16, arm32} (conv_layer, then
+# atten_conv_layer = (pool, ConvModule 1x1)), conv_head32 / conv_head16 after each nearest upsampling, gap_conv =
+# (pool, ConvModule), ffm.conv1 and ffm.conv_atten = (ConvModule 1x1, Sigmoid). mmseg ResNet (resnet.py 03b0197):
+# conv1 / bn1, layerN.{j}.convK / bnK, downsample = (conv, bn).
+_CP = r"backbone\.context_path\.backbone"
+MMSEG_KEYS = KeyMap("mmseg", (
+    (rf"{_CP}\.conv1\.(\w+)", r"backbone.context.backbone.stem.0.0.\1"),
+    (rf"{_CP}\.bn1\.(\w+)", r"backbone.context.backbone.stem.0.1.\1"),
+    *((rf"{_CP}\.layer{s + 1}\.(\d+)\.conv(\d)\.weight", rf"backbone.context.backbone.stages.{s}.\1.conv\2.0.weight")
+      for s in range(4)),
+    *((rf"{_CP}\.layer{s + 1}\.(\d+)\.bn(\d)\.(\w+)", rf"backbone.context.backbone.stages.{s}.\1.conv\2.1.\3")
+      for s in range(4)),
+    *((rf"{_CP}\.layer{s + 1}\.0\.downsample\.(\d)\.(\w+)", rf"backbone.context.backbone.stages.{s}.0.downsample.\1.\2")
+      for s in range(4)),
+    *(rule for i in range(4) for rule in conv_norm(rf"backbone\.spatial_path\.layer{i + 1}", f"backbone.spatial.{i}")),
+    *conv_norm(r"backbone\.context_path\.arm(16|32)\.conv_layer", r"backbone.context.arm\1.conv"),
+    *conv_norm(r"backbone\.context_path\.arm(16|32)\.atten_conv_layer\.1", r"backbone.context.arm\1.attention"),
+    *conv_norm(r"backbone\.context_path\.conv_head32", "backbone.context.refine16"),
+    *conv_norm(r"backbone\.context_path\.conv_head16", "backbone.context.refine8"),
+    *conv_norm(r"backbone\.context_path\.gap_conv\.1", "backbone.context.global_context"),
+    *conv_norm(r"backbone\.ffm\.conv1", "backbone.fusion.fuse"),
+    *conv_norm(r"backbone\.ffm\.conv_atten\.0", "backbone.fusion.attention"),
+    *conv_norm(r"decode_head\.convs\.0", "head.seg.0"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.seg.2.\1"),
+    *conv_norm(r"auxiliary_head\.(\d)\.convs\.0", r"aux_heads.\1.0"),
+    (r"auxiliary_head\.(\d)\.conv_seg\.(\w+)", r"aux_heads.\1.2.\2"),
+), note="mmsegmentation BiSeNetV1 on ResNet-18 (configs/_base_/models/bisenetv1_r18-d32.py)")
+
+
 @register_model("bisenetv1", size_divisor=32, output_stride=8,
-                test_kwargs={**_NARROW, "stem_width": 16, "base_width": 16})
+                test_kwargs={**_NARROW, "stem_width": 16, "base_width": 16}, checkpoints=(MMSEG_KEYS,))
 def bisenetv1_r18(num_classes: int = 19, stem_width: int = 64, base_width: int = 64, **kwargs) -> nn.Module:
     """BiSeNet, ResNet-18 Context Path (7x7 stem, output stride 32)."""
     context_backbone = resnet(18, output_stride=32, deep_stem=False, stem_width=stem_width, base_width=base_width)
     return BiSeNetV1(context_backbone, num_classes, **{"aux_head_channels": 256, **kwargs})
+
+
+@register_model("bisenetv1", size_divisor=32, output_stride=8,
+                test_kwargs={**_NARROW, "stem_width": 16, "base_width": 16}, checkpoints=(MMSEG_KEYS,))
+def bisenetv1_r18_mmseg(num_classes: int = 19, stem_width: int = 64, base_width: int = 64, **kwargs) -> nn.Module:
+    """BiSeNet as mmsegmentation builds it (nearest upsampling in the Context Path, a conv-BN-ReLU attention in
+    the FFM, heads 256 and 64 wide), ResNet-18 Context Path: its bisenetv1_r18-d32 checkpoints load here."""
+    context_backbone = resnet(18, output_stride=32, deep_stem=False, stem_width=stem_width, base_width=base_width)
+    return BiSeNetV1(context_backbone, num_classes, **{"head_channels": 256, "aux_head_channels": 64, **kwargs},
+                     mmseg=True)
 
 
 @register_model("bisenetv1", size_divisor=32, output_stride=8,

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet
+from .backbones.resnet import DEPTHS, MMSEG_V1C_KEYS, ResNet
 from .base import SegmentationModel
 from .heads.semantic_fpn import FPN, FPNHead
+from .keymaps import KeyMap, conv_norm
 from .ops.uncertain_points import uncertain_point_sample, uncertain_point_scatter
 from .registry import register_model
 
@@ -105,8 +106,32 @@ def _pointrend(layers: tuple[int, int, int, int], num_classes: int, base_width: 
 _NARROW = {"base_width": 16, "stem_width": 16, "fpn_channels": 64, "coarse_channels": 32, "point_channels": 64}
 
 
+# mmsegmentation's pointrend_r50 / r101 checkpoints (configs/_base_/models/pointrend_r50.py: ResNetV1c, whose
+# default stem is 32-32-64, FPN neck, a CascadeEncoderDecoder of FPNHead and PointHead). Names: neck.lateral_convs.{i}
+# and neck.fpn_convs.{i} are ConvModules without norm (conv with bias); decode_head.0.scale_heads.{i}.{k} ConvModules
+# at the same Sequential indices as ours (the Upsamples between them hold no tensor), conv_seg; decode_head.1 the
+# PointHead (decode_heads/point_head.py, 11deec3): fcs.{i} Conv1d ConvModules without norm, fc_seg. Every variant
+# has the table: the zoo's files fit pointrend_r50_v1c; pointrend_r50 (64-64-128) fails naming the stem's shapes.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *MMSEG_V1C_KEYS,
+    (r"neck\.(lateral|fpn)_convs\.(\d)\.conv\.(\w+)", r"head.neck.\1_convs.\2.\3"),
+    *conv_norm(r"decode_head\.0\.scale_heads\.(\d)\.(\d)", r"head.coarse_head.scale_heads.\1.\2"),
+    (r"decode_head\.0\.conv_seg\.(\w+)", r"head.coarse_head.classifier.\1"),
+    (r"decode_head\.1\.fcs\.(\d)\.conv\.(\w+)", r"head.point_head.fcs.\1.0.\2"),
+    (r"decode_head\.1\.fc_seg\.(\w+)", r"head.point_head.classifier.\1"),
+), note="mmsegmentation PointRend on ResNetV1c + FPN (configs/_base_/models/pointrend_r50.py)")
+_NARROW_V1C = {**_NARROW, "stem_width": 8}  # the stem half the base width, as V1c
+
+
 @register_model("pointrend", size_divisor=32, output_stride=1, test_kwargs=_NARROW,
-                custom_ops=("uncertain_point_sample", "uncertain_point_scatter"))
+                custom_ops=("uncertain_point_sample", "uncertain_point_scatter"), checkpoints=(MMSEG_KEYS,))
 def pointrend_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """PointRend, ResNet-50 (V1c, output stride 32) + semantic FPN, 2 subdivision steps of 8196 points."""
     return _pointrend(DEPTHS[50], num_classes, **kwargs)
+
+
+@register_model("pointrend", size_divisor=32, output_stride=1, test_kwargs=_NARROW_V1C,
+                custom_ops=("uncertain_point_sample", "uncertain_point_scatter"), checkpoints=(MMSEG_KEYS,))
+def pointrend_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PointRend on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its pointrend_r50 checkpoints load here."""
+    return _pointrend(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})

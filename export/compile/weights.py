@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from engines.manifest import sha256_file
-from models import create_model, training_only_keys
+from models import create_model, get_spec, list_models, training_only_keys
+from models.keymaps import KeyMap, MappedState
 
 from ..config import ModelConfig, Pipeline
 from ..errors import UserError
@@ -76,29 +77,72 @@ def check_classes(cfg: ModelConfig, checkpoint: Checkpoint) -> None:
 
 def import_weights(model: torch.nn.Module, name: str, checkpoint: Checkpoint, what: str | None = None) -> ImportReport:
     """Load ``checkpoint`` into ``model`` (the registered variant ``name``) or raise a UserError that names the
-    missing, unexpected and mis-shaped keys; nothing is loaded unless every deployed tensor fits."""
+    missing, unexpected and mis-shaped keys, and the family's variant the file fits where another one does;
+    nothing is loaded unless every deployed tensor fits."""
     own = model.state_dict()
+    fit = _fit(checkpoint, name, own, training_only_keys(model))
+    if fit.problems:
+        names = "our" if fit.table is None else f"{fit.table.source}"
+        hint = _better_variant(checkpoint, name, getattr(model, "num_classes", None), fit.score)
+        raise UserError(f"weights {checkpoint.path} ({checkpoint.layout} checkpoint, {names} key names) do not fit "
+                        f"{what or name}: " + "; ".join(fit.problems) + hint)
+    state, mapped = fit.state, fit.mapped
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return ImportReport(checkpoint.layout, "ours" if fit.table is None else fit.table.source, len(state), mapped.fused,
+                        mapped.split, fit.reshaped, mapped.dropped, sorted(k for k in fit.optional if k not in state))
+
+
+@dataclass
+class _Fit:
+    """A checkpoint mapped onto one variant's state dict: what would load, and why not."""
+
+    state: dict[str, torch.Tensor]
+    mapped: MappedState
+    table: KeyMap | None
+    optional: set[str]
+    reshaped: list[str]
+    problems: list[str]  # one clause each for missing keys, unexpected keys and shape mismatches
+    score: int  # our deployed keys the checkpoint sets with a fitting shape, less one per problem key
+
+
+def _fit(checkpoint: Checkpoint, name: str, own: dict[str, torch.Tensor], optional: set[str]) -> _Fit:
     mapped, table = map_to_model(checkpoint, name, set(own))
     state = dict(mapped.state)
-    optional = training_only_keys(model)  # auxiliary heads serve training only: checkpoints may leave them out
+    # auxiliary heads serve training only: checkpoints may leave them out
     missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own] + mapped.unmapped
     shapes, reshaped = [], []
-    for k in own:
-        if k in state and state[k].shape != own[k].shape:
+    for k, ours in own.items():
+        if k in state and state[k].shape != ours.shape:
             # Only singleton dimensions may differ (a 0-dim scale stored for a (1,) one, a 1x1 conv for a Linear).
-            if state[k].numel() == own[k].numel() and [d for d in state[k].shape if d != 1] == [d for d in own[k].shape if d != 1]:
-                state[k] = state[k].reshape(own[k].shape)
+            if state[k].numel() == ours.numel() and [d for d in state[k].shape if d != 1] == [d for d in ours.shape if d != 1]:
+                state[k] = state[k].reshape(ours.shape)
                 reshaped.append(k)
             else:
-                shapes.append(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
-    if missing or unexpected or shapes:
-        parts = [f"missing keys: {_few(missing)}" if missing else "",
-                 f"unexpected keys: {_few(unexpected)}" if unexpected else "",
-                 f"shape mismatch: {_few(shapes)}" if shapes else ""]
-        names = "our" if table is None else f"{table.source}"
-        raise UserError(f"weights {checkpoint.path} ({checkpoint.layout} checkpoint, {names} key names) do not fit "
-                        f"{what or name}: " + "; ".join(p for p in parts if p))
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return ImportReport(checkpoint.layout, "ours" if table is None else table.source, len(state), mapped.fused,
-                        mapped.split, reshaped, mapped.dropped, sorted(k for k in optional if k not in state))
+                shapes.append(f"{k} {tuple(state[k].shape)} vs {tuple(ours.shape)}")
+    problems = [p for p in (f"missing keys: {_few(missing)}" if missing else "",
+                            f"unexpected keys: {_few(unexpected)}" if unexpected else "",
+                            f"shape mismatch: {_few(shapes)}" if shapes else "") if p]
+    score = sum(1 for k in own if k in state and state[k].shape == own[k].shape and k not in optional)
+    return _Fit(state, mapped, table, optional, reshaped, problems, score - len(missing) - len(unexpected) - len(shapes))
+
+
+def _better_variant(checkpoint: Checkpoint, name: str, num_classes: int | None, score: int) -> str:
+    """A clause naming the registered variant of ``name``'s family that fits the checkpoint (a zoo file's stem or
+    biases belong to a ``_v1c`` / ``_mmseg`` variant), or that fits it best where none fits; empty where no other
+    variant does better. The variants are built on the meta device: shapes only, nothing allocated."""
+    family = get_spec(name).family
+    best: tuple[int, str, bool] | None = None
+    for spec in list_models():
+        if spec.family != family or spec.name == name:
+            continue
+        with torch.device("meta"):
+            candidate = create_model(spec.name, **({} if num_classes is None else {"num_classes": num_classes}))
+        fit = _fit(checkpoint, spec.name, candidate.state_dict(), training_only_keys(candidate))
+        if fit.score > score and (best is None or (not fit.problems, fit.score) > (best[2], best[0])):
+            best = (fit.score, spec.name, not fit.problems)
+    if best is None:
+        return ""
+    if best[2]:
+        return f"; the file fits the registered variant {best[1]}: use that name (models[].name, --model)"
+    return f"; of the {family} variants, {best[1]} comes closest to the file (it does not fit that one either)"

@@ -26,7 +26,8 @@ code (``layer1``, ``transition1``-``3``, ``stage2``-``4``, ``branches``, ``fuse_
 with the house's ``ConvNormAct`` (conv ``.0``, norm ``.1``), so fusion, transition and downsample keys equal the
 official ones; by the official module structure, a checkpoint should load after renaming each ``convK``/``bnK``
 pair to ``convK.0``/``convK.1`` and the stem's ``conv1``/``bn1``/``conv2``/``bn2`` to ``stem.0``/``stem.1`` (not
-yet tried on a real checkpoint).
+checked on files in mmsegmentation's layout, whose names ``MMSEG_HRNET_KEYS`` maps; tests/
+test_checkpoints_mmseg_more.py).
 
 Deployment notes: every upsampling is bilinear with ``align_corners=False`` and reads its target size from
 the tensor it matches, so one exported graph serves any H and W; with ``align_corners=False`` the ONNX Resize
@@ -202,3 +203,15 @@ def hrnetv2_w18_small_v2(**kwargs) -> HRNet:
     """HRNetV2-W18-Small-v2 of the official model zoo (mmsegmentation's ``hr18s``): widths as W18, 2 blocks per
     branch (2 stage-1 bottlenecks), 1, 3 and 2 modules in stages 2-4."""
     return HRNet(**{"width": 18, "depths": (2, 2, 2, 2), "num_modules": (1, 3, 2), **kwargs})
+
+
+# mmsegmentation's HRNet (mmseg/models/backbones/hrnet.py, 034a5c8): the stem is conv1, bn1, conv2, bn2; blocks
+# (mmseg's resnet BasicBlock / Bottleneck) convK + bnK; downsample, transition and fuse layers are Sequentials of
+# (conv, bn[, relu]) at the same indices as ours (a coarser branch's Upsample, index 2, holds no tensor).
+MMSEG_HRNET_KEYS: tuple[tuple[str, str], ...] = (
+    *((rf"backbone\.conv{i + 1}\.(\w+)", rf"backbone.stem.{i}.0.\1") for i in range(2)),
+    *((rf"backbone\.bn{i + 1}\.(\w+)", rf"backbone.stem.{i}.1.\1") for i in range(2)),
+    (r"backbone\.(layer1\.\d+|stage\d\.\d+\.branches\.\d+\.\d+)\.conv(\d)\.weight", r"backbone.\1.conv\2.0.weight"),
+    (r"backbone\.(layer1\.\d+|stage\d\.\d+\.branches\.\d+\.\d+)\.bn(\d)\.(\w+)", r"backbone.\1.conv\2.1.\3"),
+    (r"backbone\.(layer1\.0\.downsample|transition\d|stage\d\.\d+\.fuse_layers)\.([\d.]+\w+)", r"backbone.\1.\2"),
+)

@@ -1,0 +1,325 @@
+"""More mmsegmentation model-zoo layouts (the families' MMSEG_KEYS tables): OCRNet on HRNetV2, and the import
+error that names the variant a file fits.
+
+As in tests/test_checkpoints_mmseg.py (whose SourceState, randomised and save this file uses), each writer spells
+out mmseg's key names and shapes from its code and configs (cited at each writer), key by key and independently
+of the tables, filled with the tensors of one of our randomly initialised models; imported into a fresh model the
+file must give that model's outputs exactly, and the parameter count summed over the written shapes (the source's
+deployed network) must be the imported model's. Where mmseg's code fixes a width that our test_kwargs shrink
+(HRNet's 64-wide stem), the writer takes it as an argument so that the round trip runs at the small size; the
+full-size count uses mmseg's value.
+
+Not mapped yet: ICNet (mmseg's backbones/icnet.py is another network than icnet_r50: a PSPNet pyramid that
+concatenates with 512-wide reductions and a 3x3 bottleneck, conv_sub2/conv_sub4 1x1 convs, ReLU on each CFF
+branch in its ICNeck, a ceil_mode max-pool, on ResNetV1c; it needs its own variant built from
+configs/_base_/models/icnet_r50-d8.py and necks/ic_neck.py), U-Net (unet-s5-d16), DPT and Segmenter: not yet
+compared with mmseg's code."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_checkpoints_mmseg import (
+    CITYSCAPES,
+    PALETTE,
+    R50,
+    SourceState,
+    mmseg_ccnet,
+    mmseg_resnet_v1c,
+    randomised,
+    save,
+)
+
+from export.compile.checkpoints import read_checkpoint
+from export.compile.weights import import_weights
+from export.errors import UserError
+from models import count_parameters, create_model, get_spec
+
+# ------------------------------------------------------------------------------------ the sources' layouts
+
+
+def conv1d_module(s: SourceState, key: str, ours: str, cin: int, cout: int) -> None:
+    """An mmcv ConvModule (1x1, BN) run on a (B, C, K, 1) map; ours a ConvNormAct1d (Conv1d, BatchNorm1d)."""
+    s.put(f"{key}.conv.weight", (cout, cin, 1, 1), s.take(f"{ours}.0.weight").reshape(cout, cin, 1, 1))
+    s.bn(f"{key}.bn", f"{ours}.1", cout)
+
+
+def mmseg_hrnet(s: SourceState, width: int, depths=(4, 4, 4, 4), num_modules=(1, 4, 3), stem: int = 64,
+                stage1: int = 64) -> list[int]:
+    """mmseg/models/backbones/hrnet.py (034a5c8) with configs/_base_/models/ocrnet_hr18.py's ``extra`` (57ac1a0):
+    conv1/bn1, conv2/bn2 (3x3 s2, 64 wide in mmseg's code: ``stem``); layer1 of mmseg's resnet Bottlenecks
+    (``stage1`` = num_channels 64, downsample on the first); transitionN.{i} = (conv, bn, relu) for a width change,
+    (((conv s2, bn, relu))) for the new branch; stageN.{m} = HRModule: branches.{b}.{k} BasicBlocks (conv1, bn1,
+    conv2, bn2), fuse_layers.{i}.{j} = (1x1 conv, bn, Upsample) from a coarser branch, ((3x3 s2 conv, bn[, relu])
+    x (i - j)) from a finer one. Returns the four branch widths."""
+    s.conv("backbone.conv1", "backbone.stem.0.0", 3, stem, 3)
+    s.bn("backbone.bn1", "backbone.stem.0.1", stem)
+    s.conv("backbone.conv2", "backbone.stem.1.0", stem, stem, 3)
+    s.bn("backbone.bn2", "backbone.stem.1.1", stem)
+    for k in range(depths[0]):
+        cin = stem if k == 0 else 4 * stage1
+        for n, (ci, co, ks) in enumerate(((cin, stage1, 1), (stage1, stage1, 3), (stage1, 4 * stage1, 1)), 1):
+            s.conv(f"backbone.layer1.{k}.conv{n}", f"backbone.layer1.{k}.conv{n}.0", ci, co, ks)
+            s.bn(f"backbone.layer1.{k}.bn{n}", f"backbone.layer1.{k}.conv{n}.1", co)
+        if k == 0 and cin != 4 * stage1:
+            s.conv("backbone.layer1.0.downsample.0", "backbone.layer1.0.downsample.0", cin, 4 * stage1, 1)
+            s.bn("backbone.layer1.0.downsample.1", "backbone.layer1.0.downsample.1", 4 * stage1)
+    previous = [4 * stage1]
+    for stage, (depth, modules) in enumerate(zip(depths[1:], num_modules), start=2):
+        widths = [width * 2**b for b in range(stage)]
+        t = f"backbone.transition{stage - 1}"
+        for i, c in enumerate(widths):
+            if i < len(previous) and c != previous[i]:
+                s.conv(f"{t}.{i}.0", f"{t}.{i}.0", previous[i], c, 3)
+                s.bn(f"{t}.{i}.1", f"{t}.{i}.1", c)
+            elif i >= len(previous):
+                s.conv(f"{t}.{i}.0.0", f"{t}.{i}.0.0", previous[-1], c, 3)
+                s.bn(f"{t}.{i}.0.1", f"{t}.{i}.0.1", c)
+        for m in range(modules):
+            mm = f"backbone.stage{stage}.{m}"
+            for b, c in enumerate(widths):
+                for k in range(depth):
+                    for n in (1, 2):
+                        s.conv(f"{mm}.branches.{b}.{k}.conv{n}", f"{mm}.branches.{b}.{k}.conv{n}.0", c, c, 3)
+                        s.bn(f"{mm}.branches.{b}.{k}.bn{n}", f"{mm}.branches.{b}.{k}.conv{n}.1", c)
+            for i, ci in enumerate(widths):
+                for j, cj in enumerate(widths):
+                    f = f"{mm}.fuse_layers.{i}.{j}"
+                    if j > i:
+                        s.conv(f"{f}.0", f"{f}.0", cj, ci, 1)
+                        s.bn(f"{f}.1", f"{f}.1", ci)
+                    for k in range(i - j):
+                        co = ci if k == i - j - 1 else cj
+                        s.conv(f"{f}.{k}.0", f"{f}.{k}.0", cj, co, 3)
+                        s.bn(f"{f}.{k}.1", f"{f}.{k}.1", co)
+        previous = widths
+    return previous
+
+
+def mmseg_ocrnet(model, num_classes, width=18, depths=(4, 4, 4, 4), num_modules=(1, 4, 3), stem=64, stage1=64,
+                 channels=512, ocr_channels=256) -> SourceState:
+    """configs/_base_/models/ocrnet_hr18.py (57ac1a0; hr48: configs/ocrnet/ocrnet_hr48_4xb2-80k_cityscapes-
+    512x1024.py, hr18s: ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py, 3f8d34e): decode_head.0 an FCNHead
+    (resize_concat, one 1x1 ConvModule keeping the width, conv_seg), decode_head.1 the OCRHead (decode_heads/
+    ocr_head.py 168c883: bottleneck 3x3 ConvModule to 512; object_context_block = SelfAttentionBlock
+    (models/utils/self_attention_block.py 50546da) with key_project and query_project two 1x1 ConvModules,
+    value_project and out_project one, and its bottleneck 1x1 on the concatenation; conv_seg)."""
+    s = SourceState(model)
+    c = sum(mmseg_hrnet(s, width, depths, num_modules, stem, stage1))
+    s.conv_module("decode_head.0.convs.0", "head.soft_regions", c, c, 1)
+    s.conv("decode_head.0.conv_seg", "head.soft_regions.3", c, num_classes, 1, bias=True)
+    s.conv_module("decode_head.1.bottleneck", "head.pixel_representation", c, channels, 3)
+    block = "decode_head.1.object_context_block"
+    for k in range(2):
+        cin = channels if k == 0 else ocr_channels
+        s.conv_module(f"{block}.query_project.{k}", f"head.attention.query.{k}", cin, ocr_channels, 1)
+        conv1d_module(s, f"{block}.key_project.{k}", f"head.attention.key.{k}", cin, ocr_channels)
+    conv1d_module(s, f"{block}.value_project", "head.attention.value", channels, ocr_channels)
+    s.conv_module(f"{block}.out_project", "head.attention.out", ocr_channels, channels, 1)
+    s.conv_module(f"{block}.bottleneck", "head.fuse", 2 * channels, channels, 1)
+    s.conv("decode_head.1.conv_seg", "head.classifier", channels, num_classes, 1, bias=True)
+    return s
+
+
+def mmseg_resnet(s: SourceState, prefix: str, ours: str, depth_layers=(2, 2, 2, 2), stem: int = 64,
+                 base: int = 64) -> list[int]:
+    """mmseg's plain ResNet of BasicBlocks (mmseg/models/backbones/resnet.py 03b0197, deep_stem False): conv1 (7x7
+    s2) and bn1, layerN.{j} = (conv1 3x3 with the stride, bn1, conv2, bn2) and a downsample (1x1 conv, bn) where
+    the stride or width changes. Returns the stage widths."""
+    s.conv(f"{prefix}.conv1", f"{ours}.stem.0.0", 3, stem, 7)
+    s.bn(f"{prefix}.bn1", f"{ours}.stem.0.1", stem)
+    cin, widths = stem, []
+    for i, n in enumerate(depth_layers):
+        c = base * 2**i
+        for j in range(n):
+            mm, o = f"{prefix}.layer{i + 1}.{j}", f"{ours}.stages.{i}.{j}"
+            s.conv(f"{mm}.conv1", f"{o}.conv1.0", cin if j == 0 else c, c, 3)
+            s.bn(f"{mm}.bn1", f"{o}.conv1.1", c)
+            s.conv(f"{mm}.conv2", f"{o}.conv2.0", c, c, 3)
+            s.bn(f"{mm}.bn2", f"{o}.conv2.1", c)
+            if j == 0 and (i > 0 or cin != c):
+                s.conv(f"{mm}.downsample.0", f"{o}.downsample.0", cin, c, 1)
+                s.bn(f"{mm}.downsample.1", f"{o}.downsample.1", c)
+        cin = c
+        widths.append(c)
+    return widths
+
+
+def mmseg_bisenetv1(model, num_classes, spatial=(64, 64, 64, 128), context=128, stem=64, base=64, head=256,
+                    aux=64) -> SourceState:
+    """configs/_base_/models/bisenetv1_r18-d32.py (3d241e0): BiSeNetV1(context_channels (128, 256, 512),
+    spatial_channels (64, 64, 64, 128), out_channels 256) on a ResNet-18; FCNHead 256 -> 256 (num_convs 1) and
+    two auxiliary FCNHeads 128 -> 64 on outputs 1 and 2. mmseg/models/backbones/bisenetv1.py (168c883):
+    spatial_path.layer1..4 (7x7 s2, 3x3 s2, 3x3 s2, 1x1 ConvModules); context_path: arm16 / arm32 (conv_layer 3x3,
+    atten_conv_layer.1 1x1 ConvModule without activation), conv_head32 and conv_head16 (3x3), gap_conv.1 (1x1);
+    ffm: conv1 (1x1) and conv_atten.0 (1x1 ConvModule, ReLU) before the sigmoid."""
+    s = SourceState(model)
+    c16, c32 = mmseg_resnet(s, "backbone.context_path.backbone", "backbone.context.backbone", stem=stem,
+                            base=base)[-2:]
+    cin = 3
+    for i, (c, k) in enumerate(zip(spatial, (7, 3, 3, 1))):
+        s.conv_module(f"backbone.spatial_path.layer{i + 1}", f"backbone.spatial.{i}", cin, c, k)
+        cin = c
+    cp, ours = "backbone.context_path", "backbone.context"
+    for arm, cin in (("arm16", c16), ("arm32", c32)):
+        s.conv_module(f"{cp}.{arm}.conv_layer", f"{ours}.{arm}.conv", cin, context, 3)
+        s.conv_module(f"{cp}.{arm}.atten_conv_layer.1", f"{ours}.{arm}.attention", context, context, 1)
+    s.conv_module(f"{cp}.conv_head32", f"{ours}.refine16", context, context, 3)
+    s.conv_module(f"{cp}.conv_head16", f"{ours}.refine8", context, context, 3)
+    s.conv_module(f"{cp}.gap_conv.1", f"{ours}.global_context", c32, context, 1)
+    fused = spatial[-1] + context
+    s.conv_module("backbone.ffm.conv1", "backbone.fusion.fuse", fused, fused, 1)
+    s.conv_module("backbone.ffm.conv_atten.0", "backbone.fusion.attention", fused, fused, 1)
+    s.conv_module("decode_head.convs.0", "head.seg.0", fused, head, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", head, num_classes, 1, bias=True)
+    for k in range(2):
+        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", context, aux, 3)
+        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.2", aux, num_classes, 1, bias=True)
+    return s
+
+
+def mmseg_pointrend(model, num_classes, layers=R50, stem_channels=64, base=64, fpn=256, coarse=128,
+                    point=256) -> SourceState:
+    """configs/_base_/models/pointrend_r50.py: ResNetV1c (dilations 1), FPN(in_channels 256..2048, out 256,
+    num_outs 4; mmdet-style neck: lateral_convs / fpn_convs ConvModules without norm), decode_head.0 an FPNHead
+    (feature_strides 4, 8, 16, 32, channels 128: per level max(1, log2(s / 4)) 3x3 ConvModules, each followed by an
+    Upsample on levels coarser than the first), decode_head.1 the PointHead (decode_heads/point_head.py 11deec3:
+    three Conv1d ConvModules of 256 without norm on [fine, coarse] with the coarse logits appended after each,
+    fc_seg)."""
+    s = SourceState(model)
+    mmseg_resnet_v1c(s, layers, stem_channels, base)
+    for i in range(4):
+        s.conv(f"neck.lateral_convs.{i}.conv", f"head.neck.lateral_convs.{i}", 4 * base * 2**i, fpn, 1, bias=True)
+        s.conv(f"neck.fpn_convs.{i}.conv", f"head.neck.fpn_convs.{i}", fpn, fpn, 3, bias=True)
+    for i in range(4):
+        for k in range(max(1, i)):
+            idx = 2 * k if i > 0 else k
+            s.conv_module(f"decode_head.0.scale_heads.{i}.{idx}", f"head.coarse_head.scale_heads.{i}.{idx}",
+                          fpn if k == 0 else coarse, coarse, 3)
+    s.conv("decode_head.0.conv_seg", "head.coarse_head.classifier", coarse, num_classes, 1, bias=True)
+    cin = fpn + num_classes
+    for i in range(3):
+        s.put(f"decode_head.1.fcs.{i}.conv.weight", (point, cin, 1), s.take(f"head.point_head.fcs.{i}.0.weight"))
+        s.put(f"decode_head.1.fcs.{i}.conv.bias", (point,), s.take(f"head.point_head.fcs.{i}.0.bias"))
+        cin = point + num_classes
+    s.put("decode_head.1.fc_seg.weight", (num_classes, cin, 1), s.take("head.point_head.classifier.weight"))
+    s.put("decode_head.1.fc_seg.bias", (num_classes,), s.take("head.point_head.classifier.bias"))
+    return s
+
+
+_HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
+                "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
+HR18S = {"depths": (2, 2, 2, 2), "num_modules": (1, 3, 2)}
+# name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
+# file adds beside the deployed network)
+CASES = {
+    "ocrnet_hrnetv2_w18_mmseg": (mmseg_ocrnet, {"width": 18}, _HRNET_SMALL, ()),
+    "ocrnet_hrnetv2_w48_mmseg": (mmseg_ocrnet, {"width": 48}, _HRNET_SMALL, ()),
+    "ocrnet_hrnetv2_w18_small_v2_mmseg": (mmseg_ocrnet, {"width": 18, **HR18S}, _HRNET_SMALL, ()),
+    "bisenetv1_r18_mmseg": (mmseg_bisenetv1, {}, {"spatial": (16, 16, 16, 32), "context": 32, "stem": 16, "base": 16,
+                                                  "head": 16, "aux": 32}, ("auxiliary_head.",)),
+    "pointrend_r50_v1c": (mmseg_pointrend, {}, {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64},
+                          ()),
+}
+# Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
+# publishes no parameter counts).
+SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
+                 "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539,
+                 "pointrend_r50_v1c": 28_715_119}
+RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
+                       "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
+
+
+@pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
+                                        ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
+                                        ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x")])
+def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
+    writer, _, small, extra = CASES[name]
+    kwargs = get_spec(name).test_kwargs
+    source_model = randomised(name, 0, **kwargs)
+    s = writer(source_model, 19, **small)
+    assert s.used == set(s.ours)  # the writer put every one of our tensors somewhere
+
+    checkpoint = read_checkpoint(save(tmp_path, name, s, meta))
+    assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == ("mmseg", list(CITYSCAPES), PALETTE)
+    imported = randomised(name, 1, **kwargs)
+    report = import_weights(imported, name, checkpoint)
+    assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out
+    assert sorted(report.reshaped) == RESHAPED.get(get_spec(name).family, [])
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, result = source_model(images), imported(images)
+    assert torch.isfinite(expected).all() and torch.equal(result, expected)
+    assert count_parameters(imported) == s.parameters(skip=extra)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_is_the_source_configs(name):
+    """At full width (shapes only), the source network the writer lays out from the config has the parameters
+    of the registered variant, and every one of our tensors has its source tensor."""
+    writer, full, _, extra = CASES[name]
+    with torch.device("meta"):
+        model = create_model(name, num_classes=19)
+    s = writer(model, 19, **full)
+    assert s.used == set(s.ours)
+    assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
+
+
+# ------------------------------------------------------------- a file for another variant of the family
+
+
+def full_size_file(tmp_path, name: str, writer, **config):
+    """An mmseg file of ``name`` at full size in shapes only: every tensor one zero broadcast to its shape (a
+    1-element storage, so the file stays small), which is all an import needs to say what fits."""
+    with torch.device("meta"):
+        s = writer(create_model(name, num_classes=19), 19, **config)
+    s.state = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in s.state.items()}
+    return read_checkpoint(save(tmp_path, name, s, "mmseg 0.x"))
+
+
+@pytest.mark.parametrize("target, fits, writer, config", [
+    ("ccnet", "ccnet_r50_v1c", mmseg_ccnet, {"layers": R50}),
+    ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48}),
+    ("pointrend_r50", "pointrend_r50_v1c", mmseg_pointrend, {})])
+def test_a_zoo_file_for_another_variant_names_it(target, fits, writer, config, tmp_path):
+    """mmseg's ccnet_r50-d8 file (ResNetV1c's 32-32-64 stem) into plain ccnet (64-64-128), and ocrnet_hr48's
+    (no bias on two convs) into the official-code OCRNet: the one-line error names the variant the file fits."""
+    checkpoint = full_size_file(tmp_path, fits, writer, **config)
+    with torch.device("meta"):
+        model = create_model(target, num_classes=19)
+    with pytest.raises(UserError) as error:
+        import_weights(model, target, checkpoint)
+    message = str(error.value)
+    assert "\n" not in message and f"do not fit {target}: " in message
+    assert message.endswith(f"; the file fits the registered variant {fits}: use that name (models[].name, --model)")
+
+
+def test_no_variant_named_when_none_does_better(tmp_path):
+    """A file that fits no variant better than the one asked for (here one of another width) gets no hint."""
+    s = mmseg_ccnet(randomised("ccnet_r50_v1c", 0, **get_spec("ccnet_r50_v1c").test_kwargs), 19,
+                    layers=R50, stem_channels=16, base=16, channels=128, aux=64)
+    checkpoint = read_checkpoint(save(tmp_path, "ccnet", s, "mmseg 0.x"))
+    with pytest.raises(UserError) as error:
+        import_weights(create_model("ccnet", num_classes=19, **get_spec("ccnet").test_kwargs), "ccnet", checkpoint)
+    assert "registered variant" not in str(error.value) and "comes closest" not in str(error.value)
+
+
+def test_mmseg_bisenetv1_runs_mmseg_forward():
+    """mmseg's ContextPath.forward and FeatureFusionModule.forward (backbones/bisenetv1.py) written out on the
+    variant's layers: nearest upsampling to the stride-16 and stride-8 maps, x + x * sigmoid(conv-BN-ReLU(pool))."""
+    import torch.nn.functional as F
+
+    model = randomised("bisenetv1_r18_mmseg", 0, **get_spec("bisenetv1_r18_mmseg").test_kwargs)
+    cp, ffm = model.backbone.context, model.backbone.fusion
+    torch.manual_seed(5)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        x16, x32 = cp.backbone(x)[-2:]
+        x_gap = cp.global_context(F.adaptive_avg_pool2d(x32, 1))
+        x32_up = cp.refine16(F.interpolate(cp.arm32(x32) + x_gap, size=x16.shape[2:], mode="nearest"))
+        x16_up = cp.refine8(F.interpolate(cp.arm16(x16) + x32_up, size=(8, 12), mode="nearest"))
+        assert all(torch.equal(a, b) for a, b in zip(cp(x, torch.Size((8, 12))), (x16_up, x32_up)))
+        spatial = model.backbone.spatial(x)
+        fuse = ffm.fuse(torch.cat([spatial, x16_up], dim=1))
+        expected = fuse * torch.sigmoid(ffm.attention(F.adaptive_avg_pool2d(fuse, 1))) + fuse
+        assert torch.allclose(ffm(spatial, x16_up), expected, atol=1e-6)
