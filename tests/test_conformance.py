@@ -22,24 +22,37 @@ from models import MODELS, create_model, get_spec
 
 
 
-def _small_network(name: str) -> tuple:
-    """What the variant's small configuration builds: every module's type and plain settings (widths, eps,
-    modes, flags) and every tensor's shape. Variants that differ only at full size (SegFormer B2-B5,
-    Segmenter T/S/B/L) build the same small network, which the set then checks once."""
-    with torch.device("meta"):
-        model = create_model(name, num_classes=5, **get_spec(name).test_kwargs)
-    plain = (bool, int, float, str, tuple, type(None))
-    modules = tuple((n, type(m).__qualname__, tuple(sorted((k, repr(v)) for k, v in vars(m).items()
-                                                           if not k.startswith("_") and isinstance(v, plain))))
-                    for n, m in model.named_modules())
-    return type(model).__qualname__, modules, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+PLAIN = (bool, int, float, str, tuple, type(None))
+
+
+def _signature(module: torch.nn.Module) -> tuple:
+    """A module's type, plain settings (widths, eps, modes, flags) and own tensor shapes, with its children's
+    signatures; in a Sequential or ModuleList a run of identical blocks counts once, so networks that differ
+    only in how often a block repeats (ResNet-50/101, MiT and ViT depths) have one signature."""
+    own = (type(module).__qualname__,
+           tuple(sorted((k, repr(v)) for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, PLAIN))),
+           tuple((k, tuple(v.shape)) for k, v in module.named_parameters(recurse=False)),
+           tuple((k, tuple(v.shape)) for k, v in module.named_buffers(recurse=False)))
+    children = [(n, _signature(c)) for n, c in module.named_children()]
+    if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)):
+        runs: list[tuple] = []
+        for _, child in children:
+            if not runs or runs[-1] != child:
+                runs.append(child)
+        return own, tuple(runs)
+    return own, tuple(children)
 
 
 def _distinct(names: list[str]) -> list[str]:
-    seen: dict[tuple, str] = {}
+    """One variant for each distinct small network (the registry's ``test_kwargs``): SegFormer B1-B5, Segmenter
+    T/S/B/L, DPT-B/L, OCRNet-W18/W48 and each ResNet-50/101 pair build the same blocks at test size, differing
+    at most in depth; the set checks the one with the fewest modules."""
+    groups: dict[tuple, list[tuple[int, str]]] = {}
     for name in names:
-        seen.setdefault(_small_network(name), name)
-    return sorted(seen.values())
+        with torch.device("meta"):
+            model = create_model(name, num_classes=5, **get_spec(name).test_kwargs)
+        groups.setdefault(_signature(model), []).append((sum(1 for _ in model.modules()), name))
+    return sorted(min(group)[1] for group in groups.values())
 
 
 NAMES = _distinct(sorted(MODELS))
