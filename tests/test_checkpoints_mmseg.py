@@ -341,6 +341,23 @@ def save(tmp_path, name: str, s: SourceState, meta: str):
     return path
 
 
+def round_trip(tmp_path, name: str, s: SourceState, source_model: torch.nn.Module, meta: str, **kwargs):
+    """Save ``s`` in the ``meta`` layout, read it, import it into a freshly randomised ``name`` (``kwargs``: its
+    widths) and require the source model's outputs exactly; returns the imported model, the report and the
+    images they were compared on."""
+    checkpoint = read_checkpoint(save(tmp_path, name, s, meta))
+    if meta != "plain":
+        assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == ("mmseg", list(CITYSCAPES), PALETTE)
+    imported = randomised(name, 1, **kwargs)
+    report = import_weights(imported, name, checkpoint)
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, result = source_model(images), imported(images)
+    assert torch.isfinite(expected).all() and torch.equal(result, expected)
+    return imported, report, images
+
+
 @pytest.mark.parametrize("name, meta", [("bisenetv2", "mmseg 0.x"), ("bisenetv2", "mmseg 1.x"),
                                         ("bisenetv2_coincheung", "plain"), ("ccnet_r50_v1c", "mmseg 0.x"),
                                         ("ccnet_r101_v1c", "mmseg 0.x"), ("pspnet_r50_v1c", "mmseg 0.x"),
@@ -354,11 +371,7 @@ def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     dropped = training_only_keys(source_model) if name == "bisenetv2_coincheung" else set()
     assert s.used == set(s.ours) - dropped  # the writer put every one of our tensors somewhere
 
-    checkpoint = read_checkpoint(save(tmp_path, name, s, meta))
-    if meta != "plain":
-        assert (checkpoint.layout, checkpoint.classes, checkpoint.palette) == ("mmseg", list(CITYSCAPES), PALETTE)
-    imported = randomised(name, 1, **kwargs)
-    report = import_weights(imported, name, checkpoint)
+    imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == ("coincheung" if meta == "plain" else "mmseg")
     assert report.loaded == len(s.used)
     assert sorted(report.left_out) == sorted(k for k in s.state if k.startswith(extra) and name.endswith("coincheung"))
@@ -366,11 +379,6 @@ def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     assert sorted(report.reshaped) == (["head.attention.gamma"] if name.startswith("ccnet") else
                                        sorted(squeezed) if name.startswith("segformer") else [])
     assert report.not_loaded == sorted(dropped)
-    torch.manual_seed(2)
-    images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected, result = source_model(images), imported(images)
-    assert torch.isfinite(expected).all() and torch.equal(result, expected)
     assert count_parameters(imported) == s.parameters(skip=extra)
 
 
