@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", choices=("auto", "cityscapes", "ade20k", "voc", "plain"),
                    help="the dataset's folder layout (with --data; default: auto)")
     c.add_argument("--limit", type=_positive, help="evaluate the first N images (with --data)")
-    c.add_argument("--batch", type=_positive, help="frames per call for batch throughput (with --data; default: 4)")
+    c.add_argument("--batch", type=_positive, help="frames per call: with --data, batch throughput (default: 4); "
+                   "without, each engine's per-frame cost at this batch against batch 1")
     c.add_argument("--tile", metavar="HxW",
                    help="also run every engine and PyTorch in sliding windows: the images at their own size covered "
                         "by HxW tiles (a size the engines take), logits averaged where tiles overlap; reports whole "
@@ -72,7 +73,7 @@ def _validate_choices(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
             if v not in allowed:
                 p.error(f"--{name}: {v!r} is not one of {', '.join(allowed)}")
     if args.command == "check" and args.data is None:
-        given = [f"--{k}" for k in ("layout", "limit", "batch") if getattr(args, k) is not None]
+        given = [f"--{k}" for k in ("layout", "limit") if getattr(args, k) is not None]
         if given:
             p.error(f"{', '.join(given)} only apply with --data DIR")
     if args.command == "check":
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .measure.check import check, machine_description, render_text, write_reports
 
-        rows = check(pipeline, args.models, args.out, args.tiling)
+        rows = check(pipeline, args.models, args.out, args.tiling, args.batch)
         print(render_text(rows))
         write_reports(rows, args.json, args.report, machine_description())
         return 0
