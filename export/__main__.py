@@ -1,4 +1,4 @@
-"""``python -m export {build,check,list,import}``; exit codes: 0 success, 1 failure, 2 usage error."""
+"""``python -m export {build,check,triton,deepstream,list,import}``; exit codes: 0 success, 1 failure, 2 usage error."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,18 @@ def parser() -> argparse.ArgumentParser:
                         "vs tiled agreement, mIoU and ms per frame (engines need embed_pre_post: false)")
     c.add_argument("--stride", metavar="HxW",
                    help="with --tile: the step between tiles (default: the tile, no overlap)")
+    t = sub.add_parser("triton", help="a Triton Inference Server model repository from the built engines")
+    t.add_argument("--config", default="pipeline.yaml")
+    t.add_argument("--models", type=_csv)
+    t.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    t.add_argument("--out", required=True, help="the model repository folder to write (tritonserver --model-repository)")
+    t.add_argument("--no-python-backend", dest="python_backend", action="store_false",
+                   help="leave out the Python-backend models (this project's ONNX Runtime engine on CPU servers)")
+    d = sub.add_parser("deepstream", help="DeepStream nvinfer configs for the TensorRT-bound engines")
+    d.add_argument("--config", default="pipeline.yaml")
+    d.add_argument("--models", type=_csv)
+    d.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    d.add_argument("--out", required=True, help="folder to write the nvinfer configs and label files into")
     sub.add_parser("list", help="registered models with parameter counts")
     i = sub.add_parser("import", help="convert a checkpoint trained elsewhere (mmseg, Hugging Face, CoinCheung) "
                                       "to this project's names, checked against the model")
@@ -156,6 +168,22 @@ def main(argv: list[str] | None = None) -> int:
             rows = build(pipeline, BuildOptions(args.models, args.precisions, args.backends, args.out, args.force, args.verify))
             built = sum(r["status"] == "built" for r in rows)
             print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
+            return 0
+        if args.command == "triton":
+            from .serve.triton import write_repository
+
+            rows = write_repository(pipeline, args.out, args.models, args.build_dir, args.python_backend)
+            for r in rows:
+                if r["status"] == "skipped":
+                    print(f"skipped {r['artifact']}: {r['reason']}")
+            written = [r for r in rows if r["status"] == "written"]
+            print(f"{len(written)} models in {args.out}: {', '.join(r['name'] for r in written)}")
+            return 0
+        if args.command == "deepstream":
+            from .serve.deepstream import write_configs
+
+            rows = write_configs(pipeline, args.out, args.models, args.build_dir)
+            print(f"{len(rows)} nvinfer configs in {args.out}: {', '.join(r['config'] for r in rows)}")
             return 0
         if args.data is not None:
             from .measure.evaluate import DataOptions, evaluate
