@@ -136,7 +136,7 @@ def test_report_embeds_valid_plots(checked):
         assert rel.startswith("check_files/") and f"]({rel})" in md
         image = cv2.imread(str(out / rel))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
-    assert "| fp32 onnxruntime |" in md and "(sequential)" in md and "1 MAC = 2 FLOPs" in md
+    assert "| fp32 onnxruntime |" in md and "(batched)" in md and "1 MAC = 2 FLOPs" in md
     assert re.search(r"Measured peak\*\*: [\d.]+ GFLOP/s", md)
 
 

@@ -31,10 +31,12 @@ def export_onnx(model: nn.Module, path: Path, sample_size: tuple[int, int], size
         raise UserError(f"input size {h}x{w} is not a multiple of {size_divisor}; choose sizes divisible by it")
     # The sample has two images: torch.export specializes a dimension traced at size 1 to the constant 1.
     images = torch.randn(2, 3, h, w)
-    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
+    # By position, not by name: the network's forward may call its argument anything (x, img, ...).
+    dims_of_input = {0: torch.export.Dim("batch", min=1, max=max_batch)}
     if dynamic_hw:
         dims = [size_divisor * torch.export.Dim(n, min=1, max=m // size_divisor) for n, m in zip("hw", max_size)]
-        dynamic_shapes["images"].update({2: dims[0], 3: dims[1]})
+        dims_of_input.update({2: dims[0], 3: dims[1]})
+    dynamic_shapes = (dims_of_input,)
     model = model.eval()
     # The exporter is chatty (progress lines, deprecation warnings of its own internals); keep our output clean
     # and show its text only when it fails.
