@@ -5,7 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: build test check list run clean
+.PHONY: build test check list run clean triton
+
+# A Triton Inference Server for the tests and the load benchmark: the tritonserver build (CPU, Python backend)
+# that the nvidia-pytriton wheel ships. It pins numpy < 2, so it gets its own venv; onnxruntime at the
+# project's version, for the Python-backend models that run this project's engines.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+ORT_VERSION := $(shell sed -n 's/.*"onnxruntime==\([0-9.]*\)".*/\1/p' pyproject.toml)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +22,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(TRITON_STAMP): pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0 onnxruntime==$(ORT_VERSION)
+	touch $(TRITON_STAMP)
+
+triton: $(TRITON_STAMP)
+
 # The labelled evaluation set pipeline.yaml's accuracy.data names (synthetic scenes, never used in training).
 VAL := build/synthetic_val/classes.txt
 $(VAL): | $(STAMP)
@@ -23,7 +38,7 @@ $(VAL): | $(STAMP)
 build: $(STAMP) $(VAL)
 	$(PY) -m export build --config pipeline.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q -n auto --dist loadgroup
 
 check: $(STAMP) $(VAL)

@@ -1,4 +1,4 @@
-"""``python -m export {build,check,list,import}``; exit codes: 0 success, 1 failure, 2 usage error."""
+"""``python -m export {build,check,triton,deepstream,list,import}``; exit codes: 0 success, 1 failure, 2 usage error."""
 from __future__ import annotations
 
 import argparse
@@ -46,13 +46,26 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", choices=("auto", "cityscapes", "ade20k", "voc", "plain"),
                    help="the dataset's folder layout (with --data; default: auto)")
     c.add_argument("--limit", type=_positive, help="evaluate the first N images (with --data)")
-    c.add_argument("--batch", type=_positive, help="frames per call for batch throughput (with --data; default: 4)")
+    c.add_argument("--batch", type=_positive, help="frames per call: with --data, batch throughput (default: 4); "
+                   "without, each engine's per-frame cost at this batch against batch 1")
     c.add_argument("--tile", metavar="HxW",
                    help="also run every engine and PyTorch in sliding windows: the images at their own size covered "
                         "by HxW tiles (a size the engines take), logits averaged where tiles overlap; reports whole "
                         "vs tiled agreement, mIoU and ms per frame (engines need embed_pre_post: false)")
     c.add_argument("--stride", metavar="HxW",
                    help="with --tile: the step between tiles (default: the tile, no overlap)")
+    t = sub.add_parser("triton", help="a Triton Inference Server model repository from the built engines")
+    t.add_argument("--config", default="pipeline.yaml")
+    t.add_argument("--models", type=_csv)
+    t.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    t.add_argument("--out", required=True, help="the model repository folder to write (tritonserver --model-repository)")
+    t.add_argument("--no-python-backend", dest="python_backend", action="store_false",
+                   help="leave out the Python-backend models (this project's ONNX Runtime engine on CPU servers)")
+    d = sub.add_parser("deepstream", help="DeepStream nvinfer configs for the TensorRT-bound engines")
+    d.add_argument("--config", default="pipeline.yaml")
+    d.add_argument("--models", type=_csv)
+    d.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    d.add_argument("--out", required=True, help="folder to write the nvinfer configs and label files into")
     sub.add_parser("list", help="registered models with parameter counts")
     i = sub.add_parser("import", help="convert a checkpoint trained elsewhere (mmseg, Hugging Face, CoinCheung) "
                                       "to this project's names, checked against the model")
@@ -72,7 +85,7 @@ def _validate_choices(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
             if v not in allowed:
                 p.error(f"--{name}: {v!r} is not one of {', '.join(allowed)}")
     if args.command == "check" and args.data is None:
-        given = [f"--{k}" for k in ("layout", "limit", "batch") if getattr(args, k) is not None]
+        given = [f"--{k}" for k in ("layout", "limit") if getattr(args, k) is not None]
         if given:
             p.error(f"{', '.join(given)} only apply with --data DIR")
     if args.command == "check":
@@ -156,6 +169,22 @@ def main(argv: list[str] | None = None) -> int:
             built = sum(r["status"] == "built" for r in rows)
             print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
             return 0
+        if args.command == "triton":
+            from .serve.triton import write_repository
+
+            rows = write_repository(pipeline, args.out, args.models, args.build_dir, args.python_backend)
+            for r in rows:
+                if r["status"] == "skipped":
+                    print(f"skipped {r['artifact']}: {r['reason']}")
+            written = [r for r in rows if r["status"] == "written"]
+            print(f"{len(written)} models in {args.out}: {', '.join(r['name'] for r in written)}")
+            return 0
+        if args.command == "deepstream":
+            from .serve.deepstream import write_configs
+
+            rows = write_configs(pipeline, args.out, args.models, args.build_dir)
+            print(f"{len(rows)} nvinfer configs in {args.out}: {', '.join(r['config'] for r in rows)}")
+            return 0
         if args.data is not None:
             from .measure.evaluate import DataOptions, evaluate
             from .measure.report import render_text as render_data_text, write_reports as write_data_reports
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .measure.check import check, machine_description, render_text, write_reports
 
-        rows = check(pipeline, args.models, args.out, args.tiling)
+        rows = check(pipeline, args.models, args.out, args.tiling, args.batch)
         print(render_text(rows))
         write_reports(rows, args.json, args.report, machine_description())
         return 0

@@ -129,6 +129,36 @@ class TensorRTConfig:
 
 
 @dataclass
+class Batch:
+    """Frames per engine call. The exported graph's N is symbolic: ONNX Runtime engines take any batch, a
+    TensorRT profile is built for ``min``..``max`` and tuned at ``opt``, and Triton batches requests up to
+    ``max`` (its ``max_batch_size``). Parity is also checked on one batch of several frames."""
+
+    min: int = 1
+    opt: int = 4
+    max: int = 8
+
+
+@dataclass
+class Triton:
+    """``python -m export triton``: the model repository's scheduling (Triton's model_config.proto)."""
+
+    preferred_batch_size: list[int] = field(default_factory=lambda: [4])  # batches the scheduler waits to form
+    max_queue_delay_us: int = 2000  # how long a request may wait for others to join its batch
+    dynamic_batching: bool = True
+    gpu_instances: int = 1  # model instances per GPU (KIND_GPU) for TensorRT plans
+    cpu_instances: int = 1  # instances (KIND_CPU) for ONNX Runtime engines
+
+
+@dataclass
+class DeepStream:
+    """``python -m export deepstream``: what nvinfer's config needs beyond the manifest."""
+
+    segmentation_threshold: float = 0.0  # nvinfer: a pixel below this confidence is no class
+    gpu_id: int = 0
+
+
+@dataclass
 class Pipeline:
     models: list[ModelConfig]
     out_dir: str = "build"
@@ -139,6 +169,9 @@ class Pipeline:
     check: Check = field(default_factory=Check)
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    batch: Batch = field(default_factory=Batch)
+    triton: Triton = field(default_factory=Triton)
+    deepstream: DeepStream = field(default_factory=DeepStream)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def resolve(self, path: str | None) -> Path | None:
@@ -218,11 +251,22 @@ def _validate(p: Pipeline) -> None:
     from models import MODELS  # late: keeps config importable without building models
 
     from .compile.compat import known_tensorrt_versions
+    from .compile.onnx_export import MAX_BATCH
     from .compile.pre_post import MAX_CLASSES
 
     for i, v in enumerate(p.tensorrt.check_versions):
         if v not in known_tensorrt_versions():
             raise UserError(f"tensorrt.check_versions[{i}]: {v!r} is not one of {', '.join(known_tensorrt_versions())}")
+    b = p.batch
+    if not 1 <= b.min <= b.opt <= b.max <= MAX_BATCH:
+        raise UserError(f"batch: need 1 <= min <= opt <= max <= {MAX_BATCH} (the exported graph's bound), got "
+                        f"min {b.min}, opt {b.opt}, max {b.max}")
+    for i, n in enumerate(p.triton.preferred_batch_size):
+        if not 1 <= n <= b.max:
+            raise UserError(f"triton.preferred_batch_size[{i}]: {n} is not between 1 and batch.max ({b.max})")
+    for key in ("max_queue_delay_us", "gpu_instances", "cpu_instances"):
+        if getattr(p.triton, key) < (0 if key == "max_queue_delay_us" else 1):
+            raise UserError(f"triton.{key}: {getattr(p.triton, key)} is out of range")
     if not p.models:
         raise UserError("models: empty; name at least one model (python -m export list shows them)")
     for i, m in enumerate(p.models):

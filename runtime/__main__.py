@@ -13,7 +13,8 @@ from .types import RuntimeFault
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime", description="Segment a camera, stream or file live.")
-    p.add_argument("--engine", required=True, help="engine file, or MODEL[:PRECISION] to pick the best built one")
+    p.add_argument("--engine", required=True, help="engine file, MODEL[:PRECISION] to pick the best built one, or "
+                   "triton://HOST:PORT/MODEL to infer on a Triton Inference Server (gRPC port, default 8001)")
     p.add_argument("--source", required=True,
                    help="0, /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., http(s)://..., a video or "
                         "image file, a folder or glob of images, synthetic://")
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="camera capture height")
     p.add_argument("--fps", type=float, help="camera capture rate")
     p.add_argument("--reconnect-timeout", type=float, default=30.0,
-                   help="give up on a lost camera or stream after this many seconds (default 30)")
+                   help="give up on a lost camera, stream or Triton server after this many seconds (default 30)")
     p.add_argument("--tile", metavar="HxW",
                    help="sliding-window mode: keep each frame at its own size and cover it with HxW tiles (a size "
                         "the engine takes: within its input.min/max, a multiple of its size divisor), averaging "
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, why = resolve_engine(args.engine, Path(args.build_dir), args.backend)
         log(f"engine: {why}")
-        engine = SegmentationEngine(path, args.threads, tiling)
+        engine = SegmentationEngine(path, args.threads, tiling, args.reconnect_timeout)
         if tiling is not None:
             log(f"tiled: {tiling.describe()}, each frame at its own size")
         source = open_source(args.source, width=args.width, height=args.height, fps=args.fps,
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.stats, "a") as f:
             f.write(json.dumps({"summary": summary}) + "\n")
     p50 = summary["latency"]["end_to_end"]["p50_ms"]
+    served = summary.get("engine")
     log(f"done: {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} FPS), end-to-end p50 "
-        f"{p50:.1f} ms, dropped {summary['dropped'] or 0}")
+        f"{p50:.1f} ms, dropped {summary['dropped'] or 0}"
+        + (f"; server: {served['requests']} requests, {served['outages']} outages, {served['resent']} frames sent "
+           "again" if served else ""))
     if "error" in summary:
         log(f"error: {summary['error']}")
         return 1

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from engines import artifacts as layout
+from engines import triton
 from engines.base import EngineError, Runner
 from engines.manifest import embeds_pre_post, read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
@@ -35,8 +36,15 @@ def tensorrt_reason() -> str | None:
 
 
 def resolve_engine(spec: str, build_dir: Path, backend: str | None = None) -> tuple[Path, str]:
-    """``spec`` is an engine file, or ``MODEL`` / ``MODEL:PRECISION`` to pick among the engines built in
-    ``build_dir``: TensorRT when it can run here, else ONNX Runtime. Returns the path and why it was chosen."""
+    """``spec`` is an engine file, ``MODEL`` / ``MODEL:PRECISION`` to pick among the engines built in
+    ``build_dir`` (TensorRT when it can run here, else ONNX Runtime), or ``triton://HOST:PORT/MODEL`` (a model
+    on a Triton Inference Server, returned as is). Returns the engine and why it was chosen."""
+    if spec.startswith(triton.SCHEME):
+        try:
+            address, model = triton.parse_url(spec)
+        except EngineError as exc:
+            raise RuntimeFault(str(exc)) from None
+        return spec, f"{model} on the Triton Inference Server at {address} (gRPC)"
     path = Path(spec)
     if path.suffix in (".plan", ".onnx") or path.exists():
         if not path.is_file():
@@ -73,19 +81,31 @@ def _passed(path: Path) -> bool:
 class SegmentationEngine:
     """Loads an engine through its manifest and turns BGR frames into (h, w) uint8 class maps."""
 
-    def __init__(self, path: Path, threads: int | None = None, tiling: Tiling | None = None) -> None:
-        """``threads``: ONNX Runtime's intra-op threads (default: the manifest's session settings). On a
-        small CPU, leaving a core to capture and drawing keeps the pipeline at the engine's pace.
-        ``tiling``: run each frame at its own size in sliding windows instead of resized to the engine's."""
+    def __init__(self, path: Path | str, threads: int | None = None, tiling: Tiling | None = None,
+                 reconnect_timeout: float = 30.0) -> None:
+        """``path``: an engine file, or ``triton://HOST:PORT/MODEL`` (the manifest then comes from the server,
+        inference runs there; ``reconnect_timeout`` bounds how long a lost server is retried). ``threads``: ONNX
+        Runtime's intra-op threads (default: the manifest's session settings). On a small CPU, leaving a core
+        to capture and drawing keeps the pipeline at the engine's pace. ``tiling``: run each frame at its own
+        size in sliding windows instead of resized to the engine's."""
+        remote = isinstance(path, str) and path.startswith(triton.SCHEME)
         try:
-            self.manifest = read_manifest(path)
+            if remote:
+                address, model = triton.parse_url(path)
+                self.manifest = triton.remote_manifest(address, model)
+            else:
+                self.manifest = read_manifest(path)
             if self.manifest.get("kind") != "engine":
                 raise RuntimeFault(f"{path} is a TensorRT-bound graph, not an engine; compile it on the GPU machine "
                                    "with python -m export build --backends tensorrt")
             if tiling is not None:
                 check_tiling(self.manifest, tiling, path)  # before loading: a refusal costs nothing
-            self.runner: Runner = (_tensorrt_runner(path) if self.manifest["backend"] == "tensorrt"
-                                   else OnnxRuntimeRunner.from_engine(path, threads))
+            if remote:
+                self.runner: Runner = triton.TritonRunner(address, model, self.manifest["output"]["name"],
+                                                          reconnect_timeout=reconnect_timeout)
+            else:
+                self.runner = (_tensorrt_runner(path) if self.manifest["backend"] == "tensorrt"
+                               else OnnxRuntimeRunner.from_engine(path, threads))
         except EngineError as exc:
             raise RuntimeFault(str(exc)) from None
         m = self.manifest

@@ -7,8 +7,9 @@
   inference is behind.
 - The inference thread does nothing but submit and collect: preprocessing runs on the capture thread and
   postprocessing (argmax, unless the engine has it inside) on the output thread, so the engine never waits
-  for decode or drawing. It submits frame n+1 before collecting frame n, so backends that can overlap
-  copies with compute (TensorRT's two buffer sets) never wait for the host either.
+  for decode or drawing. It submits frame n+1 before collecting frame n (a Triton server's runner keeps up to
+  four in flight), so backends that can overlap copies with compute (TensorRT's two buffer sets) never wait
+  for the host either.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from engines.base import EngineError
 
 from .engine import SegmentationEngine
 from .render import render
@@ -151,6 +154,8 @@ class _Run:
         if self.source.counters.get("corrupt"):
             self.stats.dropped["corrupt"] += self.source.counters["corrupt"]
         summary = {**self.stats.summary(), "source": dict(self.source.counters)}
+        if hasattr(self.engine.runner, "counters"):  # a served engine: requests, outages, frames sent again
+            summary["engine"] = dict(self.engine.runner.counters)
         fatal = [e for e in self.errors if not isinstance(e, RuntimeFault)]
         if fatal:
             raise fatal[0]
@@ -196,8 +201,8 @@ class _Run:
         finally:
             if latest is None:
                 self._put(self.frames_in, _END)
-            else:
-                latest.put(_END)
+            elif latest.put(_END):  # the end marker took the place of a frame inference had not taken
+                self.stats.dropped["stale"] += 1
 
     # Inference thread: submit frame n+1, then collect frame n -----------------------------------------
     def _next_frame(self) -> tuple[Frame, dict, dict] | None:
@@ -225,6 +230,8 @@ class _Run:
     def infer(self) -> None:
         pending: deque = deque()
         done, limit = 0, self.options.max_frames
+        # Frames in flight: 2 lets TensorRT overlap copies with compute; a server's runner asks for more.
+        depth = getattr(self.engine.runner, "depth", 2)
         try:
             while limit is None or done < limit:
                 item = self._next_frame()
@@ -236,10 +243,13 @@ class _Run:
                 timings["infer"] = time.perf_counter() - t0
                 pending.append((frame, ticket, timings))
                 done += 1
-                if len(pending) == 2:
+                if len(pending) == depth:
                     self._finish(pending)
             while pending:
                 self._finish(pending)
+        except EngineError as exc:  # a remote engine gone for good: one line, like a lost camera
+            self.stats.dropped["engine_lost"] += len(pending)
+            raise RuntimeFault(str(exc)) from None
         finally:
             if limit is not None and done >= limit:
                 self.stop.set()  # enough frames: let capture end too

@@ -120,7 +120,7 @@ def test_speed_beside_accuracy(checked):
         s = r["speed"]
         assert 0 < s["batch_1"]["p50_ms"] <= s["batch_1"]["p99_ms"] and len(s["batch_1"]["latencies_ms"]) == 2
         assert s["batch_n"]["frames_per_call"] == 3 and s["batch_n"]["throughput_fps"] > 0
-        assert s["batch_n"]["mode"] == ("batched" if r["backend"] == "pytorch" else "sequential")
+        assert s["batch_n"]["mode"] == "batched"  # engines take a batch (a symbolic N), like PyTorch
         assert s["peak_rss_growth_mib"] >= 0
         assert s["achieved"]["batch_1"]["gflops"] == pytest.approx(flops["flops"] * s["batch_1"]["throughput_fps"] / 1e9)
         assert s["achieved"]["batch_1"]["share_of_measured_peak"] > 0
@@ -136,17 +136,32 @@ def test_report_embeds_valid_plots(checked):
         assert rel.startswith("check_files/") and f"]({rel})" in md
         image = cv2.imread(str(out / rel))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
-    assert "| fp32 onnxruntime |" in md and "(sequential)" in md and "1 MAC = 2 FLOPs" in md
+    assert "| fp32 onnxruntime |" in md and "(batched)" in md and "1 MAC = 2 FLOPs" in md
     assert re.search(r"Measured peak\*\*: [\d.]+ GFLOP/s", md)
 
 
 def test_plain_check_is_unchanged_by_the_new_options(checked, capsys):
     _, config, _, _, _ = checked
     assert main(["check", "--config", config]) == 0
-    assert "speedup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "speedup" in out and "per frame" not in out
     with pytest.raises(SystemExit) as exc:
-        main(["check", "--config", config, "--batch", "2"])
+        main(["check", "--config", config, "--limit", "2"])
     assert exc.value.code == 2 and "only apply with --data" in capsys.readouterr().err
+
+
+def test_check_batch_reports_per_frame_cost_against_batch_1(checked, tmp_path, capsys):
+    _, config, _, _, _ = checked
+    report = tmp_path / "check.json"
+    assert main(["check", "--config", config, "--batch", "3", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(report.read_text())["rows"]
+    for r in rows:
+        b = r["batch_n"]
+        assert b["batch"] == 3 and b["call_p50_ms"] > 0
+        assert b["per_frame_p50_ms"] == pytest.approx(b["call_p50_ms"] / 3)
+        assert b["per_frame_vs_batch_1"] == pytest.approx(b["per_frame_p50_ms"] / r["engine"]["p50_ms"])
+        assert f"{r['model']} {r['precision']} {r['run_with']}: batch 3: " in out
 
 
 # Bad input: one line, exit 1 ----------------------------------------------------------------------------

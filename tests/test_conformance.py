@@ -1,5 +1,5 @@
 """One conformance test set over every registered model: forward shape, finite output, export with dynamic
-H/W, and ONNX Runtime parity in fp32, fp16 and int8 (both placements) at small sizes, each variant built with
+N (parity runs a batch of two) and H/W, and ONNX Runtime parity in fp32, fp16 and int8 (both placements) at small sizes, each variant built with
 its registry entry's ``test_kwargs`` (narrower or shallower, every block kind kept); full sizes are
 instantiated in test_model_families.py (parameter counts)."""
 from __future__ import annotations
@@ -75,7 +75,8 @@ def exported(request, tmp_path_factory):
     graph = export_onnx(model, tmp_path_factory.mktemp(name) / "model.onnx", EXPORT_SIZE, spec.size_divisor,
                         spec.dynamic_hw)
     size = CHECK_SIZE if spec.dynamic_hw else EXPORT_SIZE
-    inputs = calibration_batches(size, 6)[4:]
+    pair = calibration_batches(size, 6)[4:]
+    inputs = [np.concatenate(pair), pair[1]]  # a batch of two frames and one alone: N is symbolic
     with torch.no_grad():
         references = [model(torch.from_numpy(x)).numpy() for x in inputs]
     return name, graph, inputs, references, calibration_batches(size, 4)
@@ -106,6 +107,7 @@ def test_export_contract(exported):
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert all(d.dim_param for d in dims[2:]) == get_spec(name).dynamic_hw
+    assert dims[0].dim_param, "the batch dimension must be symbolic"
 
 
 @pytest.mark.parametrize("version", ["10.3", "11.1"])

@@ -23,7 +23,7 @@ def test_make_test_is_what_ci_runs():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("command", ["build", "check", "import"])
+@pytest.mark.parametrize("command", ["build", "check", "import", "triton", "deepstream"])
 def test_documented_flags_are_the_real_ones(command):
     usage = re.search(rf"```\npython -m export {command} (.*?)```", README, re.S).group(1)
     documented = set(re.findall(r"--[a-z-]+", usage))

@@ -19,7 +19,7 @@ from engines.cpu import this_cpu
 
 from engines.tensorrt import dla_precision_problem  # plain Python: importing it imports no TensorRT
 
-from ..config import ModelConfig, Pipeline, TensorRTConfig
+from ..config import Batch, ModelConfig, Pipeline, TensorRTConfig
 from ..errors import UserError
 from ..log import log
 from .pre_post import FRAMES
@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
         return trt_engine.device_info()["tensorrt_version"]
 
     def cache_inputs(self, pipeline):
-        return {"tensorrt": asdict(pipeline.tensorrt)}
+        return {"tensorrt": asdict(pipeline.tensorrt), "batch": asdict(pipeline.batch)}  # the profile's N
 
     def compile(self, ctx, graph, precision):
         from engines import tensorrt as trt_engine
@@ -106,7 +106,7 @@ class TensorRTBackend(Backend):
         settings = ctx.pipeline.tensorrt
         graph_path = layout.precision_graph(ctx.out, ctx.cfg.name, self.target, precision)
         options = trt_engine.TensorRTOptions(
-            **tensorrt_profile(ctx.cfg), workspace_mib=settings.workspace_mib,
+            **tensorrt_profile(ctx.cfg, ctx.pipeline.batch), workspace_mib=settings.workspace_mib,
             dla_core=settings.dla_core, version_compatible=settings.version_compatible,
             hardware_compatibility=settings.hardware_compatibility,
             timing_cache=Path(ctx.out) / settings.timing_cache,
@@ -139,17 +139,18 @@ def verification_runner(plan: Path, settings: TensorRTConfig) -> Runner:
     return TensorRTRunner(plan, version_compatible=settings.version_compatible, dla_core=settings.dla_core)
 
 
-def tensorrt_profile(cfg: ModelConfig) -> dict:
-    """The optimization profile of the TensorRT-bound graph's one input, at batch 1 (the exported graph fixes N = 1):
-    normalized ``images`` (1, 3, H, W), or with ``embed_pre_post`` uint8 ``frames`` (1, H, W, 3)
-    (export/compile/pre_post.py); H and W from ``input.min``/``size``/``max``."""
-    size = cfg.input
+def tensorrt_profile(cfg: ModelConfig, batch: Batch | None = None) -> dict:
+    """The optimization profile of the TensorRT-bound graph's one input: normalized ``images`` (N, 3, H, W), or
+    with ``embed_pre_post`` uint8 ``frames`` (N, H, W, 3) (export/compile/pre_post.py); N from pipeline.yaml's
+    ``batch`` min/opt/max (1 without it), H and W from ``input.min``/``size``/``max``."""
+    size, batch = cfg.input, batch or Batch(1, 1, 1)
 
-    def shape(hw: list[int]) -> tuple[int, int, int, int]:
-        return (1, *hw, 3) if cfg.embed_pre_post else (1, 3, *hw)
+    def shape(n: int, hw: list[int]) -> tuple[int, int, int, int]:
+        return (n, *hw, 3) if cfg.embed_pre_post else (n, 3, *hw)
 
-    return {"input_name": FRAMES if cfg.embed_pre_post else "images", "min_shape": shape(size.min or size.size),
-            "opt_shape": shape(size.size), "max_shape": shape(size.max or size.size)}
+    return {"input_name": FRAMES if cfg.embed_pre_post else "images",
+            "min_shape": shape(batch.min, size.min or size.size), "opt_shape": shape(batch.opt, size.size),
+            "max_shape": shape(batch.max, size.max or size.size)}
 
 
 class TensorRTGraph(TensorRTBackend):

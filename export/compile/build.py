@@ -32,7 +32,7 @@ from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_f
 from models import get_spec
 
 from . import compat
-from ..config import ModelConfig, Pipeline, class_names, palette
+from ..config import Batch, ModelConfig, Pipeline, class_names, palette
 from ..errors import UserError
 from ..images import list_images, preprocess, read_rgb
 from ..log import log
@@ -123,7 +123,9 @@ class ModelBuild:
         return self._samples
 
     def parity(self, make_runner) -> dict:
-        return parity(make_runner, self.samples(), self.cfg.embed_pre_post, self.cfg.input.size)
+        # The batch the engine is tuned for (TensorRT's opt), at least 2 so that batching itself is checked.
+        batch = min(max(2, self.pipeline.batch.opt), self.pipeline.batch.max)
+        return parity(make_runner, self.samples(), self.cfg.embed_pre_post, self.cfg.input.size, batch)
 
     def check_tensorrt(self, graph: onnx.ModelProto, precision: str) -> None:
         """The final TensorRT-bound graph (precision casts, Q/DQ and embedded I/O included) against the op
@@ -156,7 +158,7 @@ class ModelBuild:
         return sha256_json({
             "model": asdict(self.cfg), "weights": self.weights_hash, "code": self.code, "precision": precision,
             "backend": backend.name, "backend_version": version, "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": ort_engine.VERSION,
+            "onnx": onnx.__version__, "onnxruntime": ort_engine.VERSION, "batch": asdict(self.pipeline.batch),
             **PRECISIONS[precision].cache_inputs(self), **backend.cache_inputs(self.pipeline),
         })
 
@@ -221,7 +223,7 @@ def parity_problems(threshold, parity: dict, guard: dict | None) -> list[str]:
     return problems
 
 
-def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool) -> dict:
+def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool, batch: Batch) -> dict:
     """The manifest's ``input`` and ``output``: frames in and class maps out when pre/post-processing is
     embedded, else normalized tensors in and logits out."""
     size = cfg.input
@@ -234,7 +236,8 @@ def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool) -> dic
     return {
         "embed_pre_post": cfg.embed_pre_post,
         "input": {**tensor_in, "size": size.size, "min": size.min or size.size, "max": size.max or size.size,
-                  "size_divisor": size_divisor, "dynamic_hw": dynamic_hw},
+                  "size_divisor": size_divisor, "dynamic_hw": dynamic_hw,
+                  "batch": {"min": batch.min, "opt": batch.opt, "max": batch.max}},
         "output": {**tensor_out, "num_classes": cfg.num_classes},
     }
 
@@ -247,7 +250,7 @@ def engine_manifest(unit: ModelBuild, backend: Backend, precision: str, artifact
         "model": cfg.name, "family": unit.spec.family, "variant": cfg.name, "precision": precision,
         "backend": backend.name, "backend_version": backend.version(), "kind": backend.kind,
         "classes": class_names(cfg), "palette": palette(cfg),
-        **io_description(cfg, unit.spec.size_divisor, unit.spec.dynamic_hw),
+        **io_description(cfg, unit.spec.size_divisor, unit.spec.dynamic_hw, pipeline.batch),
         "normalization": {"mean": cfg.mean, "std": cfg.std, "color": "RGB", "scale": "0-255"},
         "device": compiled.device,
         "session": asdict(pipeline.onnxruntime) if backend.name == "onnxruntime" else None,

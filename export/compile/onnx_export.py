@@ -1,4 +1,4 @@
-"""Stage 1: PyTorch -> ONNX with one input ``images`` (N,3,H,W) and one output ``logits``."""
+"""Stage 1: PyTorch -> ONNX with one input ``images`` (N,3,H,W) and one output ``logits``, N symbolic."""
 from __future__ import annotations
 
 import contextlib
@@ -15,24 +15,28 @@ from ..ops import DOMAIN, VERSION, translation_table
 from ..errors import UserError
 
 OPSET = 18  # >= 17 so LayerNormalization is a native node (FP16 TensorRT SegFormer is wrong without it).
+MAX_BATCH = 64  # the exported graph's bound on N; engines are bounded by pipeline.yaml batch.max
 
 
 def export_onnx(model: nn.Module, path: Path, sample_size: tuple[int, int], size_divisor: int,
-                dynamic_hw: bool, max_size: tuple[int, int] = (4096, 4096)) -> onnx.ModelProto:
+                dynamic_hw: bool, max_size: tuple[int, int] = (4096, 4096), max_batch: int = MAX_BATCH) -> onnx.ModelProto:
     """Export ``model`` (eval mode) to ``path`` and return the loaded graph.
 
-    With ``dynamic_hw`` the graph takes any H, W that are multiples of ``size_divisor`` (up to ``max_size``);
-    otherwise it is fixed at ``sample_size``. The batch dimension is fixed at 1 for the graph and made
-    symbolic afterwards only where the graph allows it (a later issue); engines run batch 1.
+    The batch dimension N is symbolic (1 to ``max_batch``): ONNX Runtime engines take any batch, TensorRT's
+    profile bounds it (pipeline.yaml ``batch``). With ``dynamic_hw`` the graph takes any H, W that are
+    multiples of ``size_divisor`` (up to ``max_size``); otherwise it is fixed at ``sample_size``.
     """
     h, w = sample_size
     if h % size_divisor or w % size_divisor:
         raise UserError(f"input size {h}x{w} is not a multiple of {size_divisor}; choose sizes divisible by it")
-    images = torch.randn(1, 3, h, w)
-    dynamic_shapes = None
+    # The sample has two images: torch.export specializes a dimension traced at size 1 to the constant 1.
+    images = torch.randn(2, 3, h, w)
+    # By position, not by name: the network's forward may call its argument anything (x, img, ...).
+    dims_of_input = {0: torch.export.Dim("batch", min=1, max=max_batch)}
     if dynamic_hw:
         dims = [size_divisor * torch.export.Dim(n, min=1, max=m // size_divisor) for n, m in zip("hw", max_size)]
-        dynamic_shapes = {"images": {2: dims[0], 3: dims[1]}}
+        dims_of_input.update({2: dims[0], 3: dims[1]})
+    dynamic_shapes = (dims_of_input,)
     model = model.eval()
     # The exporter is chatty (progress lines, deprecation warnings of its own internals); keep our output clean
     # and show its text only when it fails.

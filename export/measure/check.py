@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -92,9 +93,22 @@ def engine_logits(runner):
     return lambda x: runner.infer({"images": x})["logits"]
 
 
+def batch_cost(runner, feeds: list[dict], batch: int, batch_1: dict, cfg_check) -> dict:
+    """Per-frame cost of ``batch`` frames in one call against one frame per call (``batch_1``, measured in
+    the same run): below 1, batching pays."""
+    group = [feeds[i % len(feeds)] for i in range(batch)]
+    stacked = {k: np.concatenate([f[k] for f in group]) for k in group[0]}
+    call = latency_summary(timed_calls(runner.infer, [stacked], cfg_check.warmup, cfg_check.iterations), batch)
+    per_frame = call["p50_ms"] / batch
+    return {"batch": batch, "call_p50_ms": call["p50_ms"], "per_frame_p50_ms": per_frame,
+            "batch_1_p50_ms": batch_1["p50_ms"], "per_frame_vs_batch_1": per_frame / batch_1["p50_ms"],
+            "throughput_fps": call["throughput_fps"]}
+
+
 def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | None = None,
-          tiling: Tiling | None = None) -> list[dict]:
-    """One row per built engine (``mode`` whole); with ``tiling``, a second (``mode`` tiled) per engine."""
+          tiling: Tiling | None = None, batch: int | None = None) -> list[dict]:
+    """One row per built engine (``mode`` whole); with ``tiling``, a second (``mode`` tiled) per engine. With
+    ``batch``, each whole row also has ``batch_n``: the per-frame cost at that batch against batch 1."""
     out = Path(out_dir) if out_dir else pipeline.resolve(pipeline.out_dir)
     cfg_check = pipeline.check
     threads = cfg_check.threads or torch.get_num_threads()
@@ -128,6 +142,8 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             with runner:
                 outputs = engine_outputs(runner, feeds, pre_post)
                 speed = _latency(runner.infer, feeds, cfg_check.warmup, cfg_check.iterations)
+                if batch is not None:
+                    row["batch_n"] = batch_cost(runner, feeds, batch, speed, cfg_check)
                 if tiled is not None:
                     tiled_row = tiled_check(row, runner, tiled, tiling, cfg_check)
             row.update(agreement(outputs, samples.references, pre_post))
@@ -136,6 +152,8 @@ def check(pipeline: Pipeline, models: list[str] | None = None, out_dir: str | No
             rows.append(row)
             log(f"  {manifest['precision']} {how}: p50 {speed['p50_ms']:.1f} ms, "
                 f"x{row['speedup_vs_pytorch']:.2f} vs eager, agreement {row['pixel_agreement']:.4f}")
+            if "batch_n" in row:
+                log(f"  {manifest['precision']} {how}: {batch_line(row['batch_n'])}")
             if tiled is not None:
                 rows.append(tiled_row)
                 log(f"  {manifest['precision']} {how}, tiled: p50 {tiled_row['engine']['p50_ms']:.1f} ms per frame, "
@@ -191,11 +209,22 @@ def table(rows: list[dict]) -> list[list[str]]:
     return lines
 
 
+def batch_line(b: dict) -> str:
+    return (f"batch {b['batch']}: {b['per_frame_p50_ms']:.2f} ms per frame ({b['call_p50_ms']:.1f} ms a call) "
+            f"against {b['batch_1_p50_ms']:.2f} ms at batch 1: x{b['per_frame_vs_batch_1']:.2f} per frame")
+
+
+def batch_lines(rows: list[dict]) -> list[str]:
+    return [f"{r['model']} {r['precision']} {r['run_with']}: {batch_line(r['batch_n'])}" for r in rows if "batch_n" in r]
+
+
 def render_text(rows: list[dict]) -> str:
     body = table(rows)
     widths = [max(len(c), *(len(line[i]) for line in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
     fmt = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body])
+    extra = batch_lines(rows)
+    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(line) for line in body]
+                     + ([""] + extra if extra else []))
 
 
 def render_markdown(rows: list[dict], machine: str) -> str:
@@ -203,6 +232,9 @@ def render_markdown(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     lines += ["", "Latencies in ms at batch 1; speedup = PyTorch eager p50 / engine p50, same threads, same run."]
+    if any("batch_n" in r for r in rows):
+        lines += ["", "Per-frame cost at batch N against batch 1 (p50 of one call / N; below x1.00 batching pays):", ""]
+        lines += [f"- {line}" for line in batch_lines(rows)]
     if any(r.get("mode") == "tiled" for r in rows):
         lines += ["", "Tiled rows: the images at their own size in sliding windows (logits averaged where tiles "
                   "overlap), PyTorch run through the same windows; latencies per frame, all its tiles."]

@@ -295,8 +295,8 @@ def engine_speed(runner, feeds: list[dict], batch: int, memory: PeakMemory, chec
 
 
 def takes_batch(runner, batch: int) -> bool:
-    """Whether the engine's input accepts ``batch`` frames in one call. Engines are exported with batch 1
-    today; only an ONNX Runtime input with a symbolic or matching batch dimension qualifies."""
+    """Whether the engine's input accepts ``batch`` frames in one call: an ONNX Runtime input with a symbolic
+    (as exported) or matching batch dimension."""
     session = getattr(runner, "session", None)
     if session is None:
         return False

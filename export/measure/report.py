@@ -181,9 +181,9 @@ def _how_lines(result: dict) -> list[str]:
               "labelled or predicted at least once (a class in neither is n/a). Pixel accuracy: correct / labelled "
               "pixels. Label 255 is ignored. Δ mIoU: engine mIoU - PyTorch mIoU on the same images, in points (x100).",
               "- **Agreement**: engine against PyTorch on the same dataset images, as in `python -m export check`.",
-              f"- **Batch {n}**: PyTorch eager runs a real batch of {n}. Engines are exported with a fixed batch of 1, "
-              f"so 'sequential' means {n} frames submitted back to back in one timed call (each submitted before the "
-              f"previous is collected); its fps is {n} / call time. Latency percentiles are per call at batch 1, over "
+              f"- **Batch {n}**: PyTorch eager and the engines (exported with a symbolic batch) run a real batch of {n} "
+              f"(batched); for an engine with a fixed batch, 'sequential' means {n} frames submitted back to back in one "
+              f"timed call (each submitted before the previous is collected); its fps is {n} / call time. Latency percentiles are per call at batch 1, over "
               f"{settings['iterations']} calls (check.iterations in the pipeline): with few calls p99 is close to the maximum.",
               "- **FLOPs**: multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm counted on the fp32 ONNX graph "
               "(rewritten for the backend) with shapes from onnx.shape_inference at the model's input size, batch 1; "

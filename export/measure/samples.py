@@ -58,8 +58,28 @@ def agreement(outputs: list[np.ndarray], references: list[np.ndarray], pre_post:
     return compare_classes(outputs, references) if pre_post else compare(outputs, references)
 
 
-def parity(make_runner: Callable[[], Runner], samples: Samples, pre_post: bool, size: list[int]) -> dict:
-    """Run a fresh runner over ``samples`` and measure its agreement with PyTorch."""
+def batched_outputs(runner: Runner, feeds: list[dict[str, np.ndarray]], pre_post: bool, batch: int) -> list[np.ndarray]:
+    """The engine's outputs for ``batch`` frames in one call (the feeds repeated to fill it), split per frame."""
+    key = "classes" if pre_post else "logits"
+    group = [feeds[i % len(feeds)] for i in range(batch)]
+    stacked = {k: np.concatenate([f[k] for f in group]) for k in group[0]}
+    out = runner.infer(stacked)[key]
+    return [out[i:i + 1] for i in range(batch)]
+
+
+def parity(make_runner: Callable[[], Runner], samples: Samples, pre_post: bool, size: list[int],
+           batch: int = 1) -> dict:
+    """Run a fresh runner over ``samples`` and measure its agreement with PyTorch. With ``batch`` > 1 the
+    samples also go through as one batch of that many frames, and those outputs count in the agreement too
+    (``batch_max_abs_diff``: how far a frame's batched output is from its batch-1 output)."""
     with make_runner() as runner:
         outputs = engine_outputs(runner, samples.feeds(pre_post), pre_post)
-    return {**agreement(outputs, samples.references, pre_post), "num_inputs": len(outputs), "size": list(size)}
+        batched = batched_outputs(runner, samples.feeds(pre_post), pre_post, batch) if batch > 1 else []
+    n = len(outputs)
+    references = samples.references + [samples.references[i % n] for i in range(len(batched))]
+    result = {**agreement(outputs + batched, references, pre_post), "num_inputs": n, "size": list(size),
+              "batch": batch}
+    if batched:
+        result["batch_max_abs_diff"] = max(float(np.abs(b.astype(np.float64) - outputs[i % n]).max())
+                                           for i, b in enumerate(batched))
+    return result

@@ -1,0 +1,1 @@
+"""Serving: what Triton Inference Server and DeepStream read, written from the built engines' manifests."""
