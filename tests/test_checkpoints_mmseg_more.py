@@ -1,5 +1,5 @@
 """More mmsegmentation model-zoo layouts (the families' MMSEG_KEYS tables): OCRNet on HRNetV2, BiSeNetV1,
-PointRend, ICNet, and the import error that names the variant a file fits.
+PointRend, ICNet, U-Net, and the import error that names the variant a file fits.
 
 As in tests/test_checkpoints_mmseg.py (whose SourceState, randomised and save this file uses), each writer spells
 out mmseg's key names and shapes from its code and configs (cited at each writer), key by key and independently
@@ -16,7 +16,11 @@ configs/_base_/models/icnet_r50-d8.py; test_mmseg_icnet_runs_mmseg_forward write
 The R-18 files (icnet_r18-d8) are not mapped: mmseg's BasicBlock leaves conv2 undilated (resnet.py 03b0197), ours
 dilates both convs of a dilated stage, which changes outputs.
 
-Not mapped yet: U-Net (unet-s5-d16), DPT and Segmenter: not yet compared with mmseg's code."""
+U-Net: mmseg's UNet (backbones/unet.py) has BatchNorm, up-samples by bilinear x2 and a 1x1 conv-BN-ReLU where
+unet_padded has a transposed conv, and puts an FCN head on the last decoder map: unet_mmseg, from
+configs/_base_/models/fcn_unet_s5-d16.py (the PSPNet- and DeepLabV3-headed unet-s5-d16 files are not mapped).
+
+Not mapped yet: DPT and Segmenter: not yet compared with mmseg's code."""
 from __future__ import annotations
 
 import pytest
@@ -243,6 +247,36 @@ def mmseg_icnet(model, num_classes, layers=R50, stem_channels=64, base=64, light
     return s
 
 
+def mmseg_unet(model, num_classes, base=64, stages=5) -> SourceState:
+    """configs/_base_/models/fcn_unet_s5-d16.py (0631053): UNet(base_channels 64, num_stages 5, 2 convs per
+    block, downsamples all True, upsample_cfg InterpConv), FCNHead 64 -> 64 on in_index 4, auxiliary FCNHead
+    128 -> 64 on in_index 3. mmseg/models/backbones/unet.py (28b5733): encoder.{i} = ([MaxPool2d,]
+    BasicConvBlock: convs.{k} 3x3 ConvModules), decoder.{i} = UpConvBlock(in base * 2^(i+1), skip base * 2^i):
+    upsample.interp_upsample = (Upsample, 1x1 ConvModule in -> skip), conv_block.convs.{k} (2 * skip -> skip,
+    then skip -> skip)."""
+    s = SourceState(model)
+    cin = 3
+    for i in range(stages):
+        c, idx = base * 2**i, 0 if i == 0 else 1
+        for k in range(2):
+            s.conv(f"backbone.encoder.{i}.{idx}.convs.{k}.conv", f"backbone.encoder.levels.{i}.{3 * k}",
+                   cin if k == 0 else c, c, 3)
+            s.bn(f"backbone.encoder.{i}.{idx}.convs.{k}.bn", f"backbone.encoder.levels.{i}.{3 * k + 1}", c)
+        cin = c
+    for i in range(stages - 1):
+        skip, j = base * 2**i, stages - 2 - i
+        s.conv_module(f"backbone.decoder.{i}.upsample.interp_upsample.1", f"backbone.ups.{j}", 2 * skip, skip, 1)
+        for k in range(2):
+            s.conv(f"backbone.decoder.{i}.conv_block.convs.{k}.conv", f"backbone.levels.{j}.{3 * k}",
+                   2 * skip if k == 0 else skip, skip, 3)
+            s.bn(f"backbone.decoder.{i}.conv_block.convs.{k}.bn", f"backbone.levels.{j}.{3 * k + 1}", skip)
+    s.conv_module("decode_head.convs.0", "head.seg.0", base, base, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", base, num_classes, 1, bias=True)
+    s.conv_module("auxiliary_head.convs.0", "aux_heads.0.0", 2 * base, base, 3)
+    s.conv("auxiliary_head.conv_seg", "aux_heads.0.2", base, num_classes, 1, bias=True)
+    return s
+
+
 _HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
                 "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
 _ICNET_SMALL = {"stem_channels": 16, "base": 16, "light": 8, "branches": (16, 64, 64), "psp": 128,
@@ -259,13 +293,15 @@ CASES = {
     "pointrend_r50_v1c": (mmseg_pointrend, {}, {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64},
                           ()),
     "icnet_r50_mmseg": (mmseg_icnet, {}, _ICNET_SMALL, ("auxiliary_head.",)),
+    "unet_mmseg": (mmseg_unet, {}, {"base": 8}, ("auxiliary_head.",)),
     "icnet_r101_mmseg": (mmseg_icnet, {"layers": R101}, {**_ICNET_SMALL, "layers": R101}, ("auxiliary_head.",)),
 }
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
 # publishes no parameter counts).
 SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
                  "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539,
-                 "pointrend_r50_v1c": 28_715_119, "icnet_r50_mmseg": 47_527_507, "icnet_r101_mmseg": 66_519_635}
+                 "pointrend_r50_v1c": 28_715_119, "icnet_r50_mmseg": 47_527_507, "icnet_r101_mmseg": 66_519_635,
+                 "unet_mmseg": 28_987_795}
 RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
                        "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
 
@@ -273,7 +309,7 @@ RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.
 @pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
                                         ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
                                         ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x"),
-                                        ("icnet_r50_mmseg", "mmseg 0.x")])
+                                        ("icnet_r50_mmseg", "mmseg 0.x"), ("unet_mmseg", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs
@@ -323,7 +359,8 @@ def full_size_file(tmp_path, name: str, writer, **config):
     ("ccnet", "ccnet_r50_v1c", mmseg_ccnet, {"layers": R50}),
     ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48}),
     ("pointrend_r50", "pointrend_r50_v1c", mmseg_pointrend, {}),
-    ("icnet_r50", "icnet_r50_mmseg", mmseg_icnet, {})])
+    ("icnet_r50", "icnet_r50_mmseg", mmseg_icnet, {}),
+    ("unet_padded", "unet_mmseg", mmseg_unet, {})])
 def test_a_zoo_file_for_another_variant_names_it(target, fits, writer, config, tmp_path):
     """mmseg's ccnet_r50-d8 file (ResNetV1c's 32-32-64 stem) into plain ccnet (64-64-128), and ocrnet_hr48's
     (no bias on two convs) into the official-code OCRNet: the one-line error names the variant the file fits."""
@@ -399,3 +436,20 @@ def test_mmseg_icnet_runs_mmseg_forward():
         x_cff_12, x_12 = cff(b.cff12, x_cff_24, sub1)
         assert tuple(sub2.shape[2:]) == (5, 6) and tuple(sub4.shape[2:]) == (2, 3)
         assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(b(x), (x_24, x_12, x_cff_12)))
+
+
+def test_mmseg_unet_runs_mmseg_forward():
+    """mmseg's UNet.forward (backbones/unet.py): enc_outs from the encoder, then for each decoder block from the
+    bottom UpConvBlock.forward: upsample (InterpConv: bilinear x2, then the 1x1 ConvModule), torch.cat([skip, x]),
+    conv_block; dec_outs bottom first, written out on the variant's layers."""
+    b = randomised("unet_mmseg", 0, **get_spec("unet_mmseg").test_kwargs).backbone
+    torch.manual_seed(7)
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        enc_outs = b.encoder(x)
+        y, dec_outs = enc_outs[-1], [enc_outs[-1]]
+        for up, conv_block, skip in zip(b.ups, b.levels, enc_outs[-2::-1]):
+            y = up(torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)(y))
+            y = conv_block(torch.cat([skip, y], dim=1))
+            dec_outs.append(y)
+        assert all(torch.equal(a, e) for a, e in zip(b(x), dec_outs)) and len(dec_outs) == 5
