@@ -7,7 +7,7 @@ the channels), concatenates the contracting path's map of that level and applies
 gives the class scores. With one input channel and two classes (the paper's cell data) the layer list gives
 31,030,658 parameters (the convs with biases; the paper states no count of its own).
 
-Two variants:
+Three variants:
 
 - ``unet``, the original: unpadded ("valid") 3x3 convs, so every conv loses a pixel each side and the
   expanding path centre-crops the contracting path's larger map before concatenation (the paper's
@@ -19,6 +19,9 @@ Two variants:
   size that is a multiple of 16 and at least 95 px (reflect padding needs a side longer than the pad).
 - ``unet_padded``: the same layers with zero-padded 3x3 convs, the form most reimplementations use: maps keep
   their size, no cropping, any multiple of 16. Same parameter count.
+- ``unet_mmseg``: mmsegmentation's U-Net (``MMSegUNetBackbone``, at the end): BatchNorm, bilinear x2 + 1x1
+  conv-BN-ReLU in place of the transposed conv, an FCN head (3x3 conv-BN-ReLU, dropout, 1x1) on the last decoder
+  map; its fcn_unet_s5-d16 checkpoints load there. 28.99M parameters at 19 classes.
 
 ``norm_layer`` adds a norm after each 3x3 conv (not in the paper; BatchNorm makes the deep plain stack easier
 to train from scratch); ``None`` (the default) is the paper's. Dropout (0.5) at the end of the contracting
@@ -30,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import init_conv_bn
+from .base import ConvNormAct, SegmentationModel, init_conv_bn
+from .heads.fcn import FCNHead, FCNHeadOn
+from .keymaps import KeyMap
 from .registry import register_model
 
 
@@ -172,3 +177,77 @@ def unet(num_classes: int = 2, **kwargs) -> nn.Module:
 def unet_padded(num_classes: int = 2, **kwargs) -> nn.Module:
     """U-Net with zero-padded 3x3 convs: maps keep their size, any multiple of 16."""
     return UNet(num_classes, padding=1, **kwargs)
+
+
+# ------------------------------------------------------------------------------ mmsegmentation's U-Net
+
+class MMSegUNetBackbone(nn.Module):
+    """mmsegmentation's UNet backbone (mmseg/models/backbones/unet.py, 28b5733) as configs/_base_/models/
+    fcn_unet_s5-d16.py (0631053) sets it: five stages, 3x3 conv-BN-ReLU pairs, max pooling before stages 2-5
+    (``UNetEncoder`` with BatchNorm and no dropout), and a decoder that upsamples each map bilinearly x2 and
+    reduces it with a 1x1 conv-BN-ReLU (``InterpConv``; ours a transposed conv) before concatenating
+    ``[skip, x]`` and a conv-BN-ReLU pair. Returns the decoder's outputs, bottom first (mmseg's ``dec_outs``:
+    strides 16, 8, 4, 2, 1)."""
+
+    def __init__(self, in_channels: int = 3, base_width: int = 64, depth: int = 4,
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.encoder = UNetEncoder(in_channels, base_width, depth, 1, norm_layer, dropout=0.0)
+        widths = self.encoder.out_channels[::-1]  # bottom first
+        self.ups = nn.ModuleList(ConvNormAct(w, w // 2, 1, norm_layer=norm_layer) for w in widths[:-1])
+        self.levels = nn.ModuleList(DoubleConv(w, w // 2, 1, norm_layer) for w in widths[:-1])
+        self.out_channels = widths
+        self.strides = [2**i for i in range(depth, -1, -1)]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = self.encoder(images)
+        x = features[-1]  # (B, C_bottom, H/16, W/16)
+        outs = [x]
+        for up, level, skip in zip(self.ups, self.levels, features[-2::-1]):
+            x = up(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))  # (B, C / 2, 2h, 2w)
+            x = level(torch.cat([skip, x], dim=1))  # (B, C / 2, 2h, 2w)
+            outs.append(x)
+        return outs
+
+
+# mmsegmentation's fcn_unet_s5-d16 checkpoints (configs/unet/unet-s5-d16_fcn_4xb4-40k_drive-64x64.py,
+# ..._hrf-256x256.py, -160k_cityscapes-512x1024.py and the ce-1.0-dice-3.0 files of DRIVE, STARE, CHASE_DB1 and
+# HRF, on configs/_base_/models/fcn_unet_s5-d16.py). Keys:
+# backbone.encoder.{i} = ([MaxPool2d,] BasicConvBlock), its convs.{k} ConvModules; backbone.decoder.{i} an
+# UpConvBlock of the stage-(i + 1) map into stage i: upsample.interp_upsample = (Upsample, ConvModule 1x1) and
+# conv_block.convs.{k}; ours count the decoder from the bottom. decode_head: FCNHead on dec_outs[4] (64 -> 64,
+# num_convs 1), auxiliary_head: FCNHead on dec_outs[3] (128 -> 64).
+def _mmseg_unet_rules(depth: int = 4) -> tuple[tuple[str, str], ...]:
+    rules = []
+    for k in range(2):  # a BasicConvBlock's ConvModules, our DoubleConv's (conv, bn, ReLU) x 2
+        rules += [(rf"backbone\.encoder\.0\.0\.convs\.{k}\.conv\.(\w+)", rf"backbone.encoder.levels.0.{3 * k}.\1"),
+                  (rf"backbone\.encoder\.0\.0\.convs\.{k}\.bn\.(\w+)", rf"backbone.encoder.levels.0.{3 * k + 1}.\1"),
+                  (rf"backbone\.encoder\.(\d)\.1\.convs\.{k}\.conv\.(\w+)", rf"backbone.encoder.levels.\1.{3 * k}.\2"),
+                  (rf"backbone\.encoder\.(\d)\.1\.convs\.{k}\.bn\.(\w+)", rf"backbone.encoder.levels.\1.{3 * k + 1}.\2")]
+    for i in range(depth):
+        j = depth - 1 - i
+        mm = rf"backbone\.decoder\.{i}"
+        rules += [(rf"{mm}\.upsample\.interp_upsample\.1\.conv\.(\w+)", rf"backbone.ups.{j}.0.\1"),
+                  (rf"{mm}\.upsample\.interp_upsample\.1\.bn\.(\w+)", rf"backbone.ups.{j}.1.\1")]
+        rules += [(rf"{mm}\.conv_block\.convs\.{k}\.conv\.(\w+)", rf"backbone.levels.{j}.{3 * k}.\1") for k in range(2)]
+        rules += [(rf"{mm}\.conv_block\.convs\.{k}\.bn\.(\w+)", rf"backbone.levels.{j}.{3 * k + 1}.\1") for k in range(2)]
+    for head, ours in (("decode_head", "head.seg"), ("auxiliary_head", "aux_heads.0")):
+        rules += [(rf"{head}\.convs\.0\.conv\.(\w+)", rf"{ours}.0.0.\1"), (rf"{head}\.convs\.0\.bn\.(\w+)", rf"{ours}.0.1.\1"),
+                  (rf"{head}\.conv_seg\.(\w+)", rf"{ours}.2.\1")]
+    return tuple(rules)
+
+
+MMSEG_KEYS = KeyMap("mmseg", _mmseg_unet_rules(),
+                    note="mmsegmentation UNet (s5-d16) with an FCN head (configs/_base_/models/fcn_unet_s5-d16.py)")
+
+
+@register_model("unet", size_divisor=16, output_stride=1, test_kwargs={"base_width": 8}, checkpoints=(MMSEG_KEYS,))
+def unet_mmseg(num_classes: int = 2, base_width: int = 64, **kwargs) -> nn.Module:
+    """U-Net as mmsegmentation builds it (BatchNorm, bilinear x2 + 1x1 conv-BN-ReLU up-sampling, an FCN head on
+    the last decoder map): its fcn_unet_s5-d16 checkpoints load here."""
+    backbone = MMSegUNetBackbone(base_width=base_width, **kwargs)
+    head = FCNHeadOn(base_width, num_classes, base_width)  # decode_head: 64 -> 64, dropout 0.1
+    aux = FCNHead(2 * base_width, num_classes, base_width)  # auxiliary_head on dec_outs[3], training only
+    model = SegmentationModel(backbone, head, num_classes, aux_heads=[aux], aux_indices=[3])
+    model.apply(init_conv_bn)
+    return model

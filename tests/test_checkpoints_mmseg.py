@@ -182,18 +182,20 @@ def coincheung_bisenetv2(model, num_classes) -> SourceState:
     return s
 
 
-def mmseg_resnet_v1c(s: SourceState, layers, stem_channels: int, base: int) -> int:
+def mmseg_resnet_v1c(s: SourceState, layers, stem_channels: int, base: int, prefix: str = "backbone",
+                     ours_prefix: str = "backbone") -> int:
     """mmseg ResNetV1c (mmseg/models/backbones/resnet.py 03b0197, mmseg/models/utils/res_layer.py 230246f):
-    deep_stem, avg_down=False, Bottleneck style 'pytorch'; returns the last stage's width."""
+    deep_stem, avg_down=False, Bottleneck style 'pytorch', at ``prefix`` (ours at ``ours_prefix``); returns the
+    last stage's width."""
     half = stem_channels // 2
     for i, (cin, c) in enumerate(((3, half), (half, half), (half, stem_channels))):  # stem: (conv, bn, relu) x 3
-        s.conv(f"backbone.stem.{3 * i}", f"backbone.stem.{i}.0", cin, c, 3)
-        s.bn(f"backbone.stem.{3 * i + 1}", f"backbone.stem.{i}.1", c)
+        s.conv(f"{prefix}.stem.{3 * i}", f"{ours_prefix}.stem.{i}.0", cin, c, 3)
+        s.bn(f"{prefix}.stem.{3 * i + 1}", f"{ours_prefix}.stem.{i}.1", c)
     inplanes = stem_channels
     for i, n in enumerate(layers):
         planes = base * 2**i
         for j in range(n):
-            mm, ours = f"backbone.layer{i + 1}.{j}", f"backbone.stages.{i}.{j}"
+            mm, ours = f"{prefix}.layer{i + 1}.{j}", f"{ours_prefix}.stages.{i}.{j}"
             cin = inplanes if j == 0 else 4 * planes
             for k, (ci, co, ks) in enumerate(((cin, planes, 1), (planes, planes, 3), (planes, 4 * planes, 1)), 1):
                 s.conv(f"{mm}.conv{k}", f"{ours}.conv{k}.0", ci, co, ks)

@@ -1,5 +1,5 @@
-"""More mmsegmentation model-zoo layouts (the families' MMSEG_KEYS tables): OCRNet on HRNetV2, and the import
-error that names the variant a file fits.
+"""More mmsegmentation model-zoo layouts (the families' MMSEG_KEYS tables): OCRNet on HRNetV2, BiSeNetV1,
+PointRend, ICNet, U-Net, and the import error that names the variant a file fits.
 
 As in tests/test_checkpoints_mmseg.py (whose SourceState, randomised and save this file uses), each writer spells
 out mmseg's key names and shapes from its code and configs (cited at each writer), key by key and independently
@@ -9,17 +9,32 @@ deployed network) must be the imported model's. Where mmseg's code fixes a width
 (HRNet's 64-wide stem), the writer takes it as an argument so that the round trip runs at the small size; the
 full-size count uses mmseg's value.
 
-Not mapped yet: ICNet (mmseg's backbones/icnet.py is another network than icnet_r50: a PSPNet pyramid that
+ICNet: mmseg's backbones/icnet.py and necks/ic_neck.py are another network than icnet_r50 (a PSPNet pyramid that
 concatenates with 512-wide reductions and a 3x3 bottleneck, conv_sub2/conv_sub4 1x1 convs, ReLU on each CFF
-branch in its ICNeck, a ceil_mode max-pool, on ResNetV1c; it needs its own variant built from
-configs/_base_/models/icnet_r50-d8.py and necks/ic_neck.py), U-Net (unet-s5-d16), DPT and Segmenter: not yet
-compared with mmseg's code."""
+branch, a ceil_mode max-pool, scale_factor=0.5 resizes, ResNetV1c, an FCN head), built as icnet_r{50,101}_mmseg from
+configs/_base_/models/icnet_r50-d8.py; test_mmseg_icnet_runs_mmseg_forward writes mmseg's forward out on its layers.
+The R-18 files (icnet_r18-d8) are not mapped: mmseg's BasicBlock leaves conv2 undilated (resnet.py 03b0197), ours
+dilates both convs of a dilated stage, which changes outputs.
+
+U-Net: mmseg's UNet (backbones/unet.py) has BatchNorm, up-samples by bilinear x2 and a 1x1 conv-BN-ReLU where
+unet_padded has a transposed conv, and puts an FCN head on the last decoder map: unet_mmseg, from
+configs/_base_/models/fcn_unet_s5-d16.py (the PSPNet- and DeepLabV3-headed unet-s5-d16 files are not mapped).
+
+Not mapped yet: DPT and Segmenter. DPT is compared in part only (mmseg/models/decode_heads/dpt_head.py, the
+stored copy 02f0dda, whose DPTHead part is read; configs/_base_/models/dpt_vit-b16.py and backbones/vit.py not
+yet): mmseg's head ends at stride 2 (fusion, a 3x3 ConvModule ``project``, conv_seg) and leaves the x2 to the
+EncoderDecoder's resize to the input, where dpt_vit_b16 upsamples x2 with align_corners=True inside its head; its
+FeatureFusionBlocks resize with the head's align_corners (the config's value, not yet read), ours with True; and
+fusion_blocks[0].res_conv_unit1 is None, where ours keeps the unused unit (so the table must leave it out and
+the counts differ). Either resize changes outputs, so the zoo files need a dpt_vit_b16_mmseg variant built from
+the config, not a table on dpt_vit_b16. Segmenter is not yet compared."""
 from __future__ import annotations
 
 import pytest
 import torch
 from test_checkpoints_mmseg import (
     R50,
+    R101,
     SourceState,
     mmseg_ccnet,
     mmseg_resnet_v1c,
@@ -205,8 +220,73 @@ def mmseg_pointrend(model, num_classes, layers=R50, stem_channels=64, base=64, f
     return s
 
 
+def mmseg_icnet(model, num_classes, layers=R50, stem_channels=64, base=64, light=32, branches=(64, 256, 256),
+                psp=512, channels=128) -> SourceState:
+    """configs/_base_/models/icnet_r50-d8.py (80eee4a; R-101: configs/icnet/icnet_r101-d8_4xb2-80k_cityscapes-
+    832x832.py, 3f8d34e, depth=101): ICNet(layer_channels (512, 2048), light_branch_middle_channels 32,
+    psp_out_channels 512, out_channels (64, 256, 256)) on ResNetV1c; ICNeck(out_channels 128); decode_head an
+    FCNHead 128 -> 128 (num_convs 1, in_index 2), auxiliary_head two FCNHeads 128 -> 128 (in_index 0, 1).
+    mmseg/models/backbones/icnet.py (034a5c8): backbone.backbone the ResNetV1c (its maxpool has no parameters),
+    psp_modules.{i} = (AdaptiveAvgPool2d, ConvModule 1x1) (PPM of decode_heads/psp_head.py), psp_bottleneck
+    (3x3 on cat(pyramid + [x])), conv_sub1.{0,1,2} (3x3 s2 ConvModules), conv_sub2 and conv_sub4 (1x1 ConvModules).
+    necks/ic_neck.py (10d08c2): cff_24 and cff_12, each conv_low (3x3, dilation 2) and conv_high (1x1)
+    ConvModules."""
+    s = SourceState(model)
+    c4 = mmseg_resnet_v1c(s, layers, stem_channels, base, "backbone.backbone", "backbone.resnet")
+    c2 = c4 // 4  # layer2's width (layer_channels[0])
+    c1, cs2, cs4 = branches
+    for i in range(4):
+        s.conv_module(f"backbone.psp_modules.{i}.1", f"backbone.pyramid.stages.{i}", c4, psp, 1)
+    s.conv_module("backbone.psp_bottleneck", "backbone.bottleneck", c4 + 4 * psp, psp, 3)
+    for i, (cin, c) in enumerate(((3, light), (light, light), (light, c1))):
+        s.conv_module(f"backbone.conv_sub1.{i}", f"backbone.sub1.{i}", cin, c, 3)
+    s.conv_module("backbone.conv_sub2", "backbone.sub2", c2, cs2, 1)
+    s.conv_module("backbone.conv_sub4", "backbone.sub4", psp, cs4, 1)
+    for cff, low, high in (("24", cs4, cs2), ("12", channels, c1)):
+        s.conv_module(f"neck.cff_{cff}.conv_low", f"backbone.cff{cff}.conv_low", low, channels, 3)
+        s.conv_module(f"neck.cff_{cff}.conv_high", f"backbone.cff{cff}.conv_high", high, channels, 1)
+    s.conv_module("decode_head.convs.0", "head.seg.0", channels, channels, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", channels, num_classes, 1, bias=True)
+    for k in range(2):
+        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", channels, channels, 3)
+        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.2", channels, num_classes, 1, bias=True)
+    return s
+
+
+def mmseg_unet(model, num_classes, base=64, stages=5) -> SourceState:
+    """configs/_base_/models/fcn_unet_s5-d16.py (0631053): UNet(base_channels 64, num_stages 5, 2 convs per
+    block, downsamples all True, upsample_cfg InterpConv), FCNHead 64 -> 64 on in_index 4, auxiliary FCNHead
+    128 -> 64 on in_index 3. mmseg/models/backbones/unet.py (28b5733): encoder.{i} = ([MaxPool2d,]
+    BasicConvBlock: convs.{k} 3x3 ConvModules), decoder.{i} = UpConvBlock(in base * 2^(i+1), skip base * 2^i):
+    upsample.interp_upsample = (Upsample, 1x1 ConvModule in -> skip), conv_block.convs.{k} (2 * skip -> skip,
+    then skip -> skip)."""
+    s = SourceState(model)
+    cin = 3
+    for i in range(stages):
+        c, idx = base * 2**i, 0 if i == 0 else 1
+        for k in range(2):
+            s.conv(f"backbone.encoder.{i}.{idx}.convs.{k}.conv", f"backbone.encoder.levels.{i}.{3 * k}",
+                   cin if k == 0 else c, c, 3)
+            s.bn(f"backbone.encoder.{i}.{idx}.convs.{k}.bn", f"backbone.encoder.levels.{i}.{3 * k + 1}", c)
+        cin = c
+    for i in range(stages - 1):
+        skip, j = base * 2**i, stages - 2 - i
+        s.conv_module(f"backbone.decoder.{i}.upsample.interp_upsample.1", f"backbone.ups.{j}", 2 * skip, skip, 1)
+        for k in range(2):
+            s.conv(f"backbone.decoder.{i}.conv_block.convs.{k}.conv", f"backbone.levels.{j}.{3 * k}",
+                   2 * skip if k == 0 else skip, skip, 3)
+            s.bn(f"backbone.decoder.{i}.conv_block.convs.{k}.bn", f"backbone.levels.{j}.{3 * k + 1}", skip)
+    s.conv_module("decode_head.convs.0", "head.seg.0", base, base, 3)
+    s.conv("decode_head.conv_seg", "head.seg.2", base, num_classes, 1, bias=True)
+    s.conv_module("auxiliary_head.convs.0", "aux_heads.0.0", 2 * base, base, 3)
+    s.conv("auxiliary_head.conv_seg", "aux_heads.0.2", base, num_classes, 1, bias=True)
+    return s
+
+
 _HRNET_SMALL = {"width": 4, "depths": (1, 1, 1, 1), "num_modules": (1, 2, 1), "stem": 8, "stage1": 4, "channels": 32,
                 "ocr_channels": 16}  # ocrnet.py's _NARROW in mmseg's terms
+_ICNET_SMALL = {"stem_channels": 16, "base": 16, "light": 8, "branches": (16, 64, 64), "psp": 128,
+                "channels": 32}  # icnet.py's _NARROW_MMSEG
 HR18S = {"depths": (2, 2, 2, 2), "num_modules": (1, 3, 2)}
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
 # file adds beside the deployed network)
@@ -218,19 +298,24 @@ CASES = {
                                                   "head": 16, "aux": 32}, ("auxiliary_head.",)),
     "pointrend_r50_v1c": (mmseg_pointrend, {}, {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64},
                           ()),
+    "icnet_r50_mmseg": (mmseg_icnet, {}, _ICNET_SMALL, ("auxiliary_head.",)),
+    "unet_mmseg": (mmseg_unet, {}, {"base": 8}, ("auxiliary_head.",)),
+    "icnet_r101_mmseg": (mmseg_icnet, {"layers": R101}, {**_ICNET_SMALL, "layers": R101}, ("auxiliary_head.",)),
 }
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (mmseg
 # publishes no parameter counts).
 SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
                  "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539,
-                 "pointrend_r50_v1c": 28_715_119}
+                 "pointrend_r50_v1c": 28_715_119, "icnet_r50_mmseg": 47_527_507, "icnet_r101_mmseg": 66_519_635,
+                 "unet_mmseg": 28_987_795}
 RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
                        "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
 
 
 @pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
                                         ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
-                                        ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x")])
+                                        ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x"),
+                                        ("icnet_r50_mmseg", "mmseg 0.x"), ("unet_mmseg", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs
@@ -271,7 +356,9 @@ def full_size_file(tmp_path, name: str, writer, **config):
 @pytest.mark.parametrize("target, fits, writer, config", [
     ("ccnet", "ccnet_r50_v1c", mmseg_ccnet, {"layers": R50}),
     ("ocrnet_hrnetv2_w48", "ocrnet_hrnetv2_w48_mmseg", mmseg_ocrnet, {"width": 48}),
-    ("pointrend_r50", "pointrend_r50_v1c", mmseg_pointrend, {})])
+    ("pointrend_r50", "pointrend_r50_v1c", mmseg_pointrend, {}),
+    ("icnet_r50", "icnet_r50_mmseg", mmseg_icnet, {}),
+    ("unet_padded", "unet_mmseg", mmseg_unet, {})])
 def test_a_zoo_file_for_another_variant_names_it(target, fits, writer, config, tmp_path):
     """mmseg's ccnet_r50-d8 file (ResNetV1c's 32-32-64 stem) into plain ccnet (64-64-128), and ocrnet_hr48's
     (no bias on two convs) into the official-code OCRNet: the one-line error names the variant the file fits."""
@@ -314,3 +401,53 @@ def test_mmseg_bisenetv1_runs_mmseg_forward():
         fuse = ffm.fuse(torch.cat([spatial, x16_up], dim=1))
         expected = fuse * torch.sigmoid(ffm.attention(F.adaptive_avg_pool2d(fuse, 1))) + fuse
         assert torch.allclose(ffm(spatial, x16_up), expected, atol=1e-6)
+
+
+def test_mmseg_icnet_runs_mmseg_forward():
+    """mmseg's ICNet.forward (backbones/icnet.py: ceil-mode max-pool, resizes by scale_factor=0.5, the pyramid
+    concatenated before the input) and ICNeck.forward (necks/ic_neck.py: conv_low, conv_high, relu of the sum;
+    x_low returned) written out on the variant's layers, at a size whose inner maps are odd."""
+    import torch.nn.functional as F
+
+    model = randomised("icnet_r50_mmseg", 0, **get_spec("icnet_r50_mmseg").test_kwargs)
+    b, r = model.backbone, model.backbone.resnet
+
+    def resize(x, **size):
+        return F.interpolate(x, mode="bilinear", align_corners=False, **size)
+
+    def cff(m, x_low, x_high):
+        x_low = m.conv_low(resize(x_low, size=x_high.shape[2:]))
+        return F.relu(x_low + m.conv_high(x_high)), x_low
+
+    torch.manual_seed(6)
+    x = torch.randn(1, 3, 72, 88)
+    with torch.no_grad():
+        sub1 = b.sub1(x)
+        y = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)(r.stem[:3](resize(x, scale_factor=0.5)))
+        y = r.stages[1](r.stages[0](y))
+        sub2 = b.sub2(y)
+        y = r.stages[3](r.stages[2](resize(y, scale_factor=0.5)))
+        psp = [resize(stage(F.adaptive_avg_pool2d(y, scale)), size=y.shape[2:])
+               for scale, stage in zip((1, 2, 3, 6), b.pyramid.stages)]
+        sub4 = b.sub4(b.bottleneck(torch.cat(psp + [y], dim=1)))
+        x_cff_24, x_24 = cff(b.cff24, sub4, sub2)
+        x_cff_12, x_12 = cff(b.cff12, x_cff_24, sub1)
+        assert tuple(sub2.shape[2:]) == (5, 6) and tuple(sub4.shape[2:]) == (2, 3)
+        assert all(torch.allclose(a, e, atol=1e-5) for a, e in zip(b(x), (x_24, x_12, x_cff_12)))
+
+
+def test_mmseg_unet_runs_mmseg_forward():
+    """mmseg's UNet.forward (backbones/unet.py): enc_outs from the encoder, then for each decoder block from the
+    bottom UpConvBlock.forward: upsample (InterpConv: bilinear x2, then the 1x1 ConvModule), torch.cat([skip, x]),
+    conv_block; dec_outs bottom first, written out on the variant's layers."""
+    b = randomised("unet_mmseg", 0, **get_spec("unet_mmseg").test_kwargs).backbone
+    torch.manual_seed(7)
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        enc_outs = b.encoder(x)
+        y, dec_outs = enc_outs[-1], [enc_outs[-1]]
+        for up, conv_block, skip in zip(b.ups, b.levels, enc_outs[-2::-1]):
+            y = up(torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)(y))
+            y = conv_block(torch.cat([skip, y], dim=1))
+            dec_outs.append(y)
+        assert all(torch.equal(a, e) for a, e in zip(b(x), dec_outs)) and len(dec_outs) == 5

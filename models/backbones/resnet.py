@@ -126,16 +126,24 @@ class ResNet(nn.Module):
 # mmseg/models/utils/res_layer.py, 230246f): the stem is one flat Sequential of (conv, bn, ReLU) x 3, the stages
 # are layer1 ... layer4, a bottleneck's norms bn1 ... bn3 sit beside conv1 ... conv3 and the shortcut of a
 # stage's first block is downsample = (1x1 conv, bn). Key-mapping rules (models/keymaps.py) for the tables of
-# the families built on it.
-MMSEG_V1C_KEYS: tuple[tuple[str, str], ...] = (
-    *((rf"backbone\.stem\.{3 * i}\.(\w+)", rf"backbone.stem.{i}.0.\1") for i in range(3)),
-    *((rf"backbone\.stem\.{3 * i + 1}\.(\w+)", rf"backbone.stem.{i}.1.\1") for i in range(3)),
-    *((rf"backbone\.layer{s + 1}\.(\d+)\.conv(\d)\.weight", rf"backbone.stages.{s}.\1.conv\2.0.weight")
-      for s in range(4)),
-    *((rf"backbone\.layer{s + 1}\.(\d+)\.bn(\d)\.(\w+)", rf"backbone.stages.{s}.\1.conv\2.1.\3") for s in range(4)),
-    *((rf"backbone\.layer{s + 1}\.0\.downsample\.(\d)\.(\w+)", rf"backbone.stages.{s}.0.downsample.\1.\2")
-      for s in range(4)),
-)
+# the families built on it, the source's ResNet at ``source`` (a pattern) and ours at ``ours``: mmseg's
+# EncoderDecoder holds it at backbone, its ICNet one level down (backbone.backbone).
+def mmseg_v1c_keys(source: str = r"backbone", ours: str = "backbone") -> tuple[tuple[str, str], ...]:
+    """The rules for an mmseg ResNetV1c at ``source`` (a pattern of its key prefix) into our ``ResNet`` at
+    ``ours``."""
+    return (
+        *((rf"{source}\.stem\.{3 * i}\.(\w+)", rf"{ours}.stem.{i}.0.\1") for i in range(3)),
+        *((rf"{source}\.stem\.{3 * i + 1}\.(\w+)", rf"{ours}.stem.{i}.1.\1") for i in range(3)),
+        *((rf"{source}\.layer{s + 1}\.(\d+)\.conv(\d)\.weight", rf"{ours}.stages.{s}.\1.conv\2.0.weight")
+          for s in range(4)),
+        *((rf"{source}\.layer{s + 1}\.(\d+)\.bn(\d)\.(\w+)", rf"{ours}.stages.{s}.\1.conv\2.1.\3")
+          for s in range(4)),
+        *((rf"{source}\.layer{s + 1}\.0\.downsample\.(\d)\.(\w+)", rf"{ours}.stages.{s}.0.downsample.\1.\2")
+          for s in range(4)),
+    )
+
+
+MMSEG_V1C_KEYS = mmseg_v1c_keys()
 
 
 BLOCKS: dict[int, type[BasicBlock | Bottleneck]] = {18: BasicBlock, 34: BasicBlock, 50: Bottleneck, 101: Bottleneck}

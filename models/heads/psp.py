@@ -36,20 +36,23 @@ def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 class PyramidPoolingModule(nn.Module):
     """(B, C, h, w) -> (B, C + len(bins) * channels, h, w): the input and its pooled, reduced, upsampled
-    pyramid levels, concatenated."""
+    pyramid levels, concatenated; the input first (PSPHead), or last (``input_first=False``: mmsegmentation's
+    ICNet, ``torch.cat(psp_modules(x) + [x])``, whose bottleneck's weights read that order)."""
 
     def __init__(self, in_channels: int, channels: int, bins: tuple[int, ...] = BINS,
-                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d, input_first: bool = True) -> None:
         super().__init__()
         self.bins = tuple(bins)
+        self.input_first = input_first
         self.stages = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm_layer=norm_layer) for _ in self.bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        levels = [x]
+        levels = []
         for bins, stage in zip(self.bins, self.stages):
             pooled = stage(adaptive_avg_pool(x, bins))  # (B, channels, bins, bins)
             levels.append(F.interpolate(pooled, size=size, mode="bilinear", align_corners=False))  # (B, channels, h, w)
+        levels = [x, *levels] if self.input_first else [*levels, x]
         return torch.cat(levels, dim=1)  # (B, C + len(bins) * channels, h, w)
 
 
