@@ -111,7 +111,7 @@ def main() -> None:
     print(f"{args.clients} clients x {args.frames} frames of {size[0]}x{size[1]}, {served} (max_batch_size "
           f"{pipeline.batch.max}, preferred {pipeline.triton.preferred_batch_size}, queue delay "
           f"{pipeline.triton.max_queue_delay_us} us)")
-    print(f"| setup | aggregate FPS | p50 ms | p99 ms | FPS vs local | p50 vs local |")
+    print("| setup | aggregate FPS | p50 ms | p99 ms | FPS vs local | p50 vs local |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['fps']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | x{r['fps'] / base['fps']:.2f} | "

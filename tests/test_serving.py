@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from benchmarks.triton_load import run_clients, synthetic
 from engines.manifest import read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
-from engines.triton import DEFAULT_VENV, TritonRunner, TritonServer, remote_manifest
+from engines.triton import DEFAULT_VENV, TritonServer, remote_manifest
 from export.__main__ import main as export_main
 from export.config import load_pipeline
 from export.serve.triton import MANIFEST_PARAMETER, config_text
