@@ -100,18 +100,47 @@ def mmseg_dpt(model, num_classes, dim=768, depth=12, grid=14, post=(96, 192, 384
     return s
 
 
+def mmseg_segmenter(model, num_classes, dim=768, depth=12, grid=32, layers=2) -> SourceState:
+    """configs/_base_/models/segmenter_vit-b16_mask.py (7d7a3e3; T, S, L: configs/segmenter/segmenter_vit-{t,s,l}_
+    mask_8xb1-160k_ade20k-512x512.py, 3f8d34e and superliuweilin/mmsegmentation 003df15: widths 192, 384, 1024, L 24
+    layers at img_size 640): VisionTransformer(img_size 512, final_norm, with_cls_token), SegmenterMaskTransformer
+    Head(num_layers 2, embed_dims = in_channels). mmseg/models/decode_heads/segmenter_mask_head.py (0ab294f):
+    layers.{i} TransformerEncoderLayers, dec_proj (Linear with bias), cls_emb (1, K, D), patch_proj and
+    classes_proj (Linear, bias=False: (out, in) weights), decoder_norm, mask_norm (LayerNorm over K), and
+    BaseDecodeHead's conv_seg (1x1 conv, unused by this head's forward)."""
+    s = SourceState(model)
+    mmseg_vit(s, "backbone", dim, depth, grid, final_norm=True)
+    mmseg_transformer_layers(s, "decode_head.layers", "head.blocks", dim, layers)
+    s.put("decode_head.dec_proj.weight", (dim, dim), s.take("head.proj_dec.weight"))
+    s.put("decode_head.dec_proj.bias", (dim,), s.take("head.proj_dec.bias"))
+    s.put("decode_head.cls_emb", (1, num_classes, dim), s.take("head.cls_emb"))
+    s.put("decode_head.patch_proj.weight", (dim, dim), s.take("head.proj_patch").t())  # ours (in, out)
+    s.put("decode_head.classes_proj.weight", (dim, dim), s.take("head.proj_classes").t())
+    s.ln("decode_head.decoder_norm", "head.decoder_norm", dim)
+    s.ln("decode_head.mask_norm", "head.mask_norm", num_classes)
+    s.extra("decode_head.conv_seg.weight", (num_classes, dim, 1, 1))
+    s.extra("decode_head.conv_seg.bias", (num_classes,))
+    return s
+
+
 _DPT_SMALL = dict(dim=64, depth=4, grid=4, post=(16, 32, 48, 64), channels=32)  # dpt.py's test_kwargs
+_SEGMENTER_SMALL = dict(dim=64, depth=2, grid=4)  # segmenter.py's _SMALL
+_SEGMENTER = {"t": dict(dim=192), "s": dict(dim=384), "b": {}, "l": dict(dim=1024, depth=24, grid=40)}
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
 # file adds beside the deployed network)
 CASES = {
     "dpt_vit_b16_mmseg": (mmseg_dpt, {}, _DPT_SMALL, ()),
+    **{f"segmenter_vit_{v}_mmseg": (mmseg_segmenter, full, _SEGMENTER_SMALL, ("decode_head.conv_seg.",))
+       for v, full in _SEGMENTER.items()},
 }
 # Parameters of the source's deployed network at 150 classes, summed over the shapes the writers give (mmseg
 # publishes no parameter counts).
-SOURCE_PARAMS = {"dpt_vit_b16_mmseg": 109_705_046}
+SOURCE_PARAMS = {"dpt_vit_b16_mmseg": 109_705_046, "segmenter_vit_t_mmseg": 6_713_388,
+                 "segmenter_vit_s_mmseg": 26_033_964, "segmenter_vit_b_mmseg": 102_497_580,
+                 "segmenter_vit_l_mmseg": 333_234_476}
 
 
-@pytest.mark.parametrize("name, meta", [("dpt_vit_b16_mmseg", "mmseg 1.x")])
+@pytest.mark.parametrize("name, meta", [("dpt_vit_b16_mmseg", "mmseg 1.x"), ("segmenter_vit_b_mmseg", "mmseg 0.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     writer, _, small, extra = CASES[name]
     kwargs = get_spec(name).test_kwargs

@@ -297,20 +297,28 @@ def vit_large(**kwargs) -> VisionTransformer:
 def mmseg_vit_keys(src: str, dst: str) -> tuple[tuple[str, str], ...]:
     """Key-map rules for mmsegmentation's VisionTransformer (mmseg/models/backbones/vit.py, 1.x 886c189 and 0.x
     00bf9f6: ``patch_embed.projection`` (mmseg/models/utils/embed.py's PatchEmbed), ``cls_token``, ``pos_embed``,
-    ``layers.{i}`` = TransformerEncoderLayer with ``ln1``, ``attn.attn`` (mmcv's MultiheadAttention around
-    nn.MultiheadAttention, whose packed ``in_proj`` rows are query, key, value: our ``qkv`` as it is),
-    ``ln2``, ``ffn.layers`` (mmcv's FFN: ``0.0`` the first Linear, ``1`` the second), and the final norm ``ln1``)
-    at ``src`` (a pattern), ours a ``VisionTransformer`` at ``dst``."""
-    layer, block = rf"{src}\.layers\.(\d+)\.", rf"{dst}.blocks.\1."
+    ``layers.{i}`` (``mmseg_layer_keys``) and the final norm ``ln1``) at ``src`` (a pattern), ours a
+    ``VisionTransformer`` at ``dst``."""
     return (
         (rf"{src}\.patch_embed\.projection\.(\w+)", rf"{dst}.patch_embed.proj.\1"),
         (rf"{src}\.cls_token", f"{dst}.cls_token"),
         (rf"{src}\.pos_embed", f"{dst}.pos_embed"),
+        *mmseg_layer_keys(rf"{src}\.layers", f"{dst}.blocks"),
+        (rf"{src}\.ln1\.(\w+)", rf"{dst}.norm.\1"),
+    )
+
+
+def mmseg_layer_keys(src: str, dst: str) -> tuple[tuple[str, str], ...]:
+    """Rules for mmsegmentation's TransformerEncoderLayers at ``src``.{i} (backbones/vit.py; also the layers of
+    Segmenter's mask head): ``ln1``, ``attn.attn`` (mmcv's MultiheadAttention around nn.MultiheadAttention, whose
+    packed ``in_proj`` rows are query, key, value: our ``qkv`` as it is), ``ln2``, ``ffn.layers`` (mmcv's FFN:
+    ``0.0`` the first Linear, ``1`` the second); ours ``Block``s at ``dst``.{i}."""
+    layer, block = rf"{src}\.(\d+)\.", rf"{dst}.\1."
+    return (
         (layer + r"ln1\.(\w+)", block + r"norm1.\2"),
         (layer + r"attn\.attn\.in_proj_(weight|bias)", block + r"attn.qkv.\2"),
         (layer + r"attn\.attn\.out_proj\.(\w+)", block + r"attn.proj.\2"),
         (layer + r"ln2\.(\w+)", block + r"norm2.\2"),
         (layer + r"ffn\.layers\.0\.0\.(\w+)", block + r"mlp.fc1.\2"),
         (layer + r"ffn\.layers\.1\.(\w+)", block + r"mlp.fc2.\2"),
-        (rf"{src}\.ln1\.(\w+)", rf"{dst}.norm.\1"),
     )
