@@ -23,7 +23,7 @@ Parameter names are our own; the reference's map one to one (``pretrained.act_po
 ``head.reassemble.{i-1}``, ``scratch.layer{i}_rn`` -> ``head.project.{i-1}``, ``scratch.refinenet{i}`` ->
 ``head.fusion.{i-1}``, ``scratch.output_conv`` -> ``head.classifier``). The coarsest fusion block keeps its
 unused first residual unit, as the reference does, so its checkpoints load strictly; the reference's auxiliary
-head (``auxlayer``, unused by its forward) is left out. DPT-Hybrid's ResNet uses weight-standardised convs
+head (``auxlayer``, unused by its forward) is left out. ``dpt_vit_b16_mmseg`` is mmsegmentation's DPT-Base, which differs in ways that change outputs (see its section at the end). DPT-Hybrid's ResNet uses weight-standardised convs
 (timm's ``StdConv2dSame``); at inference that is a fixed reparametrisation of each weight, applied once when a
 checkpoint is converted, so the graph has plain convs.
 
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.resnet import ResNet
-from .backbones.vit import VisionTransformer
+from .backbones.vit import VisionTransformer, mmseg_vit_keys
 from .base import ConvNormAct, SegmentationModel, init_conv_bn
-from .keymaps import KeyMap
+from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
 READOUTS = ("ignore", "project")
@@ -103,11 +103,12 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Adds the residual-unit-refined skip to the coarser path, refines, upsamples x2 and projects (1x1)."""
+    """Adds the residual-unit-refined skip to the coarser path, refines, upsamples x2 and projects (1x1).
+    ``skip_unit=False`` builds no unit for a skip (the coarsest block, which has none, as mmsegmentation does)."""
 
-    def __init__(self, channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+    def __init__(self, channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d, skip_unit: bool = True) -> None:
         super().__init__()
-        self.skip_unit = ResidualConvUnit(channels, norm_layer)
+        self.skip_unit = ResidualConvUnit(channels, norm_layer) if skip_unit else None
         self.unit = ResidualConvUnit(channels, norm_layer)
         self.out_conv = nn.Conv2d(channels, channels, 1)
 
@@ -136,15 +137,21 @@ class DPTHead(nn.Module):
 
     ``reassemble_channels[i]`` is the width level i is reassembled to, or None for a level that is already an
     image-like map at its target stride (DPT-Hybrid's ResNet stages), which passes unchanged. Returns logits at
-    the input size (the head's final x2 upsampling from the finest fused level, at stride 2)."""
+    the input size (the head's final x2 upsampling from the finest fused level, at stride 2), or at stride 2
+    with ``upsample_logits=False`` (mmsegmentation's DPTHead, which leaves the x2 to the model's resize to the
+    input: bilinear with align_corners=False, another interpolation than the reference's align_corners=True).
+    ``coarsest_skip_unit=False`` leaves out the coarsest fusion block's residual unit for a skip it never gets
+    (the reference keeps it unused; mmsegmentation sets it to None)."""
 
-    output_stride = 1
     LEVEL_STRIDES = (4, 8, 16, 32)
 
     def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int],
                  reassemble_channels: Sequence[int | None], num_classes: int, features: int = 256,
-                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d, upsample_logits: bool = True,
+                 coarsest_skip_unit: bool = True) -> None:
         super().__init__()
+        self.upsample_logits = upsample_logits
+        self.output_stride = 1 if upsample_logits else 2
         self.reassemble = nn.ModuleList()
         widths = []
         for c, s, r, target in zip(in_channels, in_strides, reassemble_channels, self.LEVEL_STRIDES):
@@ -157,7 +164,8 @@ class DPTHead(nn.Module):
                 self.reassemble.append(nn.Sequential(nn.Conv2d(c, r, 1), _resample(r, s / target)))
                 widths.append(r)
         self.project = nn.ModuleList(nn.Conv2d(w, features, 3, padding=1, bias=False) for w in widths)
-        self.fusion = nn.ModuleList(FusionBlock(features, norm_layer) for _ in widths)
+        self.fusion = nn.ModuleList(FusionBlock(features, norm_layer, coarsest_skip_unit or i < len(widths) - 1)
+                                    for i in range(len(widths)))
         self.classifier = nn.Sequential(
             ConvNormAct(features, features, 3, norm_layer=norm_layer),
             nn.Dropout(dropout),
@@ -170,6 +178,8 @@ class DPTHead(nn.Module):
         for i in range(len(levels) - 2, -1, -1):
             x = self.fusion[i](x, levels[i])  # (B, F, H/s_i * 2, W/s_i * 2)
         x = self.classifier(x)  # (B, K, H/2, W/2)
+        if not self.upsample_logits:
+            return x
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)  # (B, K, H, W)
 
 
@@ -177,8 +187,8 @@ class DPT(SegmentationModel):
     """An encoder returning four maps (``ReadoutViT``; DPT-Hybrid's ``HybridViT`` below) + ``DPTHead``."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, reassemble_channels: Sequence[int | None],
-                 features: int = 256) -> None:
-        head = DPTHead(encoder.out_channels, encoder.strides, reassemble_channels, num_classes, features)
+                 features: int = 256, **head: bool) -> None:
+        head = DPTHead(encoder.out_channels, encoder.strides, reassemble_channels, num_classes, features, **head)
         head.apply(init_conv_bn)
         super().__init__(encoder, head, num_classes)
 
@@ -304,3 +314,47 @@ def dpt_hybrid_r50(num_classes: int = 19, vit: dict | None = None, readout: str 
     backbone = VisionTransformer(**{**args, **(vit or {}), "final_norm": False})
     encoder = HybridViT(backbone, readout, stage_blocks, resnet_width)
     return DPT(encoder, num_classes, reassemble_channels, features)
+
+
+# ------------------------------------------------------------------------------ mmsegmentation's DPT
+# mmsegmentation's DPT (configs/_base_/models/dpt_vit-b16.py 30aabc4, the zoo's dpt_vit-b16_8xb2-160k_ade20k-512x512
+# / dpt_vit-b16_512x512_160k_ade20k file; mmseg/models/decode_heads/dpt_head.py bf06ace; backbones/vit.py 886c189)
+# is the paper's DPT-Base with project readout, but not op for op dpt_vit_b16:
+# - its ViT is built for img_size=224 (a 14 x 14 position grid, resized to 32 x 32 at the 512 x 512 training size
+#   and at every other size) by bicubic interpolation (``interpolate_mode`` 'bicubic'), with PyTorch's LayerNorm eps
+#   1e-5 (norm_cfg dict(type='LN')): pos_embed_mode "bicubic_matmul" (the same bicubic, TensorRT-parsable), 1e-5;
+# - DPTHead ends at stride 2 (fusion, ``project`` 3x3 ConvModule, ``conv_seg``) and the EncoderDecoder resizes its
+#   logits to the input with the head's align_corners, False (BaseDecodeHead's default; the config sets none):
+#   upsample_logits=False, SegmentationModel's resize being that one. Its FeatureFusionBlocks upsample x2 with
+#   align_corners=True (their default; DPTHead does not pass its own), as ours;
+# - ``fusion_blocks[0].res_conv_unit1 = None``: coarsest_skip_unit=False.
+# A FeatureFusionBlock resizes a skip that differs in size from the coarser path (align_corners=False); at the
+# sizes the graph accepts (multiples of 32) they always agree. Everything else maps one to one: the readout
+# Linear+GELU, ``projects`` (1x1 ConvModules with bias, no norm), ``resize_layers`` (ConvTranspose x4, x2,
+# Identity, 3x3 s2 conv), ``convs`` (bias-free 3x3), PreActResidualConvUnits (ReLU-conv-BN twice, bias-free),
+# each block's 1x1 ``project``; fusion_blocks.{j} (coarsest first) is our fusion.{3-j}.
+_MMSEG_FUSION = tuple(rule for unit, ours in (("res_conv_unit1", "skip_unit"), ("res_conv_unit2", "unit"))
+                      for k in (1, 2) for rule in conv_norm(rf"\.{unit}\.conv{k}", f".{ours}.conv{k}"))
+MMSEG_KEYS = KeyMap("mmseg", (
+    *mmseg_vit_keys(r"backbone", "backbone.vit"),
+    (r"decode_head\.reassemble_blocks\.readout_projects\.(\d+)\.0\.(\w+)", r"backbone.readout.\1.project.0.\2"),
+    (r"decode_head\.reassemble_blocks\.projects\.(\d+)\.conv\.(\w+)", r"head.reassemble.\1.0.\2"),
+    (r"decode_head\.reassemble_blocks\.resize_layers\.(\d+)\.(\w+)", r"head.reassemble.\1.1.\2"),
+    (r"decode_head\.convs\.(\d+)\.conv\.weight", r"head.project.\1.weight"),
+    *((rf"decode_head\.fusion_blocks\.{j}" + src, f"head.fusion.{3 - j}" + dst)
+      for j in range(4) for src, dst in (*_MMSEG_FUSION, (r"\.project\.conv\.(?P<param>\w+)", r".out_conv.\g<param>"))),
+    *conv_norm(r"decode_head\.project", "head.classifier.0"),
+    (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.2.\1"),
+), note="mmsegmentation DPT (configs/_base_/models/dpt_vit-b16.py)")
+_MMSEG_VIT = dict(img_size=224, norm_eps=1e-5, pos_embed_mode="bicubic_matmul")
+
+
+@register_model("dpt", size_divisor=32, output_stride=2, checkpoints=(MMSEG_KEYS,),
+                test_kwargs=dict(vit=_SMALL_VIT, reassemble_channels=(16, 32, 48, 64), features=32))
+def dpt_vit_b16_mmseg(num_classes: int = 19, vit: dict | None = None,
+                      reassemble_channels: Sequence[int] = (96, 192, 384, 768), features: int = 256) -> nn.Module:
+    """DPT-Base as mmsegmentation builds it (its dpt_vit-b16 ADE20K checkpoint loads here): a 224-trained
+    position grid resized bicubically, LayerNorm eps 1e-5, logits at stride 2 resized to the input."""
+    args = dict(embed_dim=768, depth=12, num_heads=12, out_indices=(2, 5, 8, 11), **_MMSEG_VIT)
+    encoder = ReadoutViT(VisionTransformer(**{**args, **(vit or {}), "final_norm": False}), "project")
+    return DPT(encoder, num_classes, reassemble_channels, features, upsample_logits=False, coarsest_skip_unit=False)

@@ -12,7 +12,8 @@ a replacement holding ``{a,b,c}`` is short for the tuple of its three spellings 
 ``in_proj_weight`` into our ``q``, ``k``, ``v``).
 ``reversed_blocks`` names our tensors whose dim ``d`` holds ``n`` equal blocks in the source's opposite order (a
 fuse conv reading concatenated stages shallowest first where ours reads them deepest first): they are reversed
-after renaming. Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
+after renaming; ``transposed`` names our 2-D tensors the source stores transposed (a Linear's (out, in) weight
+where ours is an (in, out) matrix). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
 ``conv_norm`` writes the pair of rules for the unit most CNN sources are built of.
 """
@@ -32,6 +33,7 @@ class KeyMap:
     renames: tuple[tuple[str, str | tuple[str, ...]], ...]
     drop: tuple[str, ...] = ()
     reversed_blocks: tuple[tuple[str, int, int], ...] = ()  # (pattern of our key, dim, number of blocks)
+    transposed: tuple[str, ...] = ()  # patterns of our 2-D keys stored transposed in the source
     note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
 
 
@@ -51,7 +53,7 @@ class MappedState:
     renamed: int = 0
     fused: list[str] = field(default_factory=list)  # our keys assembled from several source tensors
     split: list[str] = field(default_factory=list)  # source keys cut into several of our tensors
-    reordered: list[str] = field(default_factory=list)  # our keys whose blocks were reversed
+    reordered: list[str] = field(default_factory=list)  # our keys whose blocks were reversed or transposed
     dropped: list[str] = field(default_factory=list)  # source keys left out by design
     unmapped: list[str] = field(default_factory=list)  # source keys no rule matched
 
@@ -90,6 +92,10 @@ def apply_key_map(state: dict[str, torch.Tensor], key_map: KeyMap | None) -> Map
         # a dim that does not split evenly is not our shape either: left for the shape check to report
         for name in [n for n in out.state if re.fullmatch(pattern, n) and out.state[n].shape[dim] % blocks == 0]:
             out.state[name] = torch.cat(out.state[name].chunk(blocks, dim=dim)[::-1], dim=dim)
+            out.reordered.append(name)
+    for pattern in key_map.transposed:
+        for name in [n for n in out.state if re.fullmatch(pattern, n) and out.state[n].dim() == 2]:
+            out.state[name] = out.state[name].t()
             out.reordered.append(name)
     return out
 

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.vit import Block, VisionTransformer
+from .backbones.vit import Block, VisionTransformer, mmseg_layer_keys, mmseg_vit_keys
 from .base import SegmentationModel
+from .keymaps import KeyMap
 from .registry import register_model
 
 
@@ -88,13 +89,15 @@ def class_masks(patches: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 class Segmenter(SegmentationModel):
     """ViT encoder + mask transformer; ``forward(images)`` returns logits at the input size (the masks
     upsampled bilinearly from stride 16, as the reference does). ``encoder`` keyword arguments go to
-    ``VisionTransformer`` (embed_dim, depth, num_heads, img_size, patch_size, drop_path_rate, ...)."""
+    ``VisionTransformer`` (embed_dim, depth, num_heads, img_size, patch_size, drop_path_rate, ...);
+    ``decoder_eps`` is the decoder's LayerNorm eps, the encoder's unless given."""
 
     def __init__(self, num_classes: int = 19, n_layers: int = 2, decoder_heads: int | None = None,
-                 **encoder) -> None:
+                 decoder_eps: float | None = None, **encoder) -> None:
         backbone = VisionTransformer(**{**dict(patch_size=16, norm_eps=1e-5), **encoder})
         width = backbone.out_channels[-1]
-        head = MaskTransformer(width, num_classes, width, n_layers, decoder_heads, norm_eps=backbone.norm.eps)
+        eps = backbone.norm.eps if decoder_eps is None else decoder_eps
+        head = MaskTransformer(width, num_classes, width, n_layers, decoder_heads, norm_eps=eps)
         super().__init__(backbone, head, num_classes)
 
 
@@ -133,3 +136,53 @@ def segmenter_vit_l(num_classes: int = 19, **kwargs) -> nn.Module:
     """Segmenter Seg-L-Mask/16: ViT-Large + mask transformer at 640 x 640 (333.2M parameters with 150 classes)."""
     args = dict(embed_dim=1024, depth=24, num_heads=16, img_size=640)
     return Segmenter(num_classes, **{**args, **kwargs})
+
+
+# ------------------------------------------------------------------------------ mmsegmentation's Segmenter
+# mmsegmentation's Segmenter (configs/segmenter/segmenter_vit-{t,s,b,l}_mask_8xb1-160k_ade20k-512x512.py, 3f8d34e
+# and superliuweilin/mmsegmentation 003df15 for S and L, on configs/_base_/models/segmenter_vit-b16_mask.py 7d7a3e3;
+# mmseg/models/decode_heads/segmenter_mask_head.py 0ab294f; backbones/vit.py 886c189) is the paper's network with
+# rstrudel's decoder, but its encoder's LayerNorms have eps 1e-6 (backbone_norm_cfg) where rstrudel's have 1e-5, its
+# decoder's keep nn.LayerNorm's 1e-5 (the head's norm_cfg dict(type='LN')), and its ViT resizes the position grid
+# bicubically (interpolate_mode 'bicubic', rstrudel's bilinearly): the _mmseg variants below, whose resize is
+# "bicubic_matmul". At the training size (512, L: 640; mmseg tests by 512/640 sliding windows) no resize happens in
+# mmseg and ours is the identity. The decoder maps name for name (dec_proj, cls_emb, layers.{i} as the encoder's,
+# decoder_norm, mask_norm) except patch_proj and classes_proj: bias-free Linears whose (out, in) weights are our
+# (in, out) matrices transposed. BaseDecodeHead's conv_seg, built by every mmseg head and unused by this one's
+# forward, is left out. The final resize (EncoderDecoder, align_corners=False) is SegmentationModel's.
+MMSEG_KEYS = KeyMap("mmseg", (
+    *mmseg_vit_keys(r"backbone", "backbone"),
+    *mmseg_layer_keys(r"decode_head\.layers", "head.blocks"),
+    (r"decode_head\.dec_proj\.(\w+)", r"head.proj_dec.\1"),
+    (r"decode_head\.cls_emb", "head.cls_emb"),
+    (r"decode_head\.decoder_norm\.(\w+)", r"head.decoder_norm.\1"),
+    (r"decode_head\.patch_proj\.weight", "head.proj_patch"),
+    (r"decode_head\.classes_proj\.weight", "head.proj_classes"),
+    (r"decode_head\.mask_norm\.(\w+)", r"head.mask_norm.\1"),
+), drop=(r"decode_head\.conv_seg\.\w+",), transposed=(r"head\.proj_(patch|classes)",),
+   note="mmsegmentation Segmenter (configs/_base_/models/segmenter_vit-b16_mask.py)")
+_MMSEG = dict(norm_eps=1e-6, decoder_eps=1e-5, pos_embed_mode="bicubic_matmul")
+
+
+@register_model("segmenter", size_divisor=16, output_stride=16, test_kwargs=_SMALL, checkpoints=(MMSEG_KEYS,))
+def segmenter_vit_t_mmseg(num_classes: int = 19, **kwargs) -> nn.Module:
+    """Seg-T-Mask/16 as mmsegmentation builds it (its segmenter_vit-t_mask ADE20K checkpoint loads here)."""
+    return segmenter_vit_t(num_classes, **{**_MMSEG, **kwargs})
+
+
+@register_model("segmenter", size_divisor=16, output_stride=16, test_kwargs=_SMALL, checkpoints=(MMSEG_KEYS,))
+def segmenter_vit_s_mmseg(num_classes: int = 19, **kwargs) -> nn.Module:
+    """Seg-S-Mask/16 as mmsegmentation builds it (its segmenter_vit-s_mask ADE20K checkpoint loads here)."""
+    return segmenter_vit_s(num_classes, **{**_MMSEG, **kwargs})
+
+
+@register_model("segmenter", size_divisor=16, output_stride=16, test_kwargs=_SMALL, checkpoints=(MMSEG_KEYS,))
+def segmenter_vit_b_mmseg(num_classes: int = 19, **kwargs) -> nn.Module:
+    """Seg-B-Mask/16 as mmsegmentation builds it (its segmenter_vit-b_mask ADE20K checkpoint loads here)."""
+    return segmenter_vit_b(num_classes, **{**_MMSEG, **kwargs})
+
+
+@register_model("segmenter", size_divisor=16, output_stride=16, test_kwargs=_SMALL, checkpoints=(MMSEG_KEYS,))
+def segmenter_vit_l_mmseg(num_classes: int = 19, **kwargs) -> nn.Module:
+    """Seg-L-Mask/16 at 640 as mmsegmentation builds it (its segmenter_vit-l_mask ADE20K checkpoint loads here)."""
+    return segmenter_vit_l(num_classes, **{**_MMSEG, **kwargs})

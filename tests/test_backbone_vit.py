@@ -171,7 +171,7 @@ def test_final_norm_applies_to_the_last_block_only():
     ({"out_indices": (1, 0), "final_norm": False}, "expected increasing"),
     ({"out_indices": ()}, "expected increasing"),
     ({"out_indices": (0,)}, "final_norm=True normalises the last block's output"),
-    ({"pos_embed_mode": "nearest"}, "pos_embed_mode 'nearest': expected one of bicubic, bilinear"),
+    ({"pos_embed_mode": "nearest"}, "pos_embed_mode 'nearest': expected one of bicubic, bilinear, bicubic_matmul"),
     ({"img_size": 72}, r"img_size \(72, 72\) is not divisible by patch_size 16"),
     ({"num_heads": 3}, "dim 32 is not divisible by num_heads 3"),
 ])

@@ -20,14 +20,7 @@ U-Net: mmseg's UNet (backbones/unet.py) has BatchNorm, up-samples by bilinear x2
 unet_padded has a transposed conv, and puts an FCN head on the last decoder map: unet_mmseg, from
 configs/_base_/models/fcn_unet_s5-d16.py (the PSPNet- and DeepLabV3-headed unet-s5-d16 files are not mapped).
 
-Not mapped yet: DPT and Segmenter. DPT is compared in part only (mmseg/models/decode_heads/dpt_head.py, the
-stored copy 02f0dda, whose DPTHead part is read; configs/_base_/models/dpt_vit-b16.py and backbones/vit.py not
-yet): mmseg's head ends at stride 2 (fusion, a 3x3 ConvModule ``project``, conv_seg) and leaves the x2 to the
-EncoderDecoder's resize to the input, where dpt_vit_b16 upsamples x2 with align_corners=True inside its head; its
-FeatureFusionBlocks resize with the head's align_corners (the config's value, not yet read), ours with True; and
-fusion_blocks[0].res_conv_unit1 is None, where ours keeps the unused unit (so the table must leave it out and
-the counts differ). Either resize changes outputs, so the zoo files need a dpt_vit_b16_mmseg variant built from
-the config, not a table on dpt_vit_b16. Segmenter is not yet compared."""
+DPT and Segmenter: tests/test_checkpoints_mmseg_vit.py (dpt_vit_b16_mmseg, segmenter_vit_{t,s,b,l}_mmseg)."""
 from __future__ import annotations
 
 import pytest

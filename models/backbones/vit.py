@@ -28,7 +28,8 @@ Deployment notes: LayerNorm exports as one LayerNormalization node (opset >= 17)
 MatMul + Softmax, as in mit.py; the position-embedding resize is one ONNX Resize whose output size is
 computed from the input's shape. Bicubic maps to Resize mode "cubic", which TensorRT's documented ONNX
 operator table does not list (export/compile/compat.py flags it); the default ``pos_embed_mode="bilinear"``
-gives mode "linear", which it does.
+gives mode "linear", which it does. "bicubic_matmul" is the bicubic resize as two interpolation matrices (MatMul
+and elementwise ops), for weights trained with bicubic resizing that must build with TensorRT.
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ from torch import nn
 
 from .mit import DropPath
 
-# Modes F.interpolate can resize the position-embedding grid with, and that ONNX Resize expresses exactly.
-POS_EMBED_MODES = ("bicubic", "bilinear")
+# How the position-embedding grid is resized: "bicubic" and "bilinear" by F.interpolate (one ONNX Resize);
+# "bicubic_matmul" is the same bicubic as two interpolation matrices (see ``bicubic_matrix``).
+POS_EMBED_MODES = ("bicubic", "bilinear", "bicubic_matmul")
 
 
 def resize_pos_embed(grid: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
@@ -51,8 +53,42 @@ def resize_pos_embed(grid: torch.Tensor, size: tuple[int, int], mode: str = "bic
     Resize does not support it (export/compile/compat.py). timm's run-time resize (``dynamic_img_size``) does
     antialias, and its antialiased bicubic kernel (a = -0.5) differs from plain bicubic (a = -0.75) even
     when enlarging, so "bicubic" here matches mmsegmentation's resize, not timm's, away from the training grid.
+    "bicubic_matmul" computes mmsegmentation's bicubic resize without a cubic Resize node, which TensorRT's
+    ONNX operator table does not list: ``A_h @ (grid @ A_w^T)``.
     """
+    if mode == "bicubic_matmul":
+        rows = bicubic_matrix(size[0], grid.shape[-2], grid.dtype, grid.device)  # (h, gh)
+        cols = bicubic_matrix(size[1], grid.shape[-1], grid.dtype, grid.device)  # (w, gw)
+        # The grid (a constant in the graph) is the first operand of its MatMul: INT8 quantizers take a constant
+        # second operand for a weight and give it per-channel scales, which ONNX Runtime's 4-D QLinearMatMul
+        # rejects.
+        return rows @ (grid @ cols.transpose(0, 1))  # (1, C, h, w)
     return F.interpolate(grid, size=size, mode=mode, align_corners=False)
+
+
+def bicubic_matrix(size: int, source: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (size, source) matrix of 1-D bicubic interpolation as F.interpolate(mode="bicubic",
+    align_corners=False) computes it (PyTorch's aten/src/ATen/native/UpSample.h: source coordinate
+    (i + 0.5) * source / size - 0.5, Keys' kernel with a = -0.75, the four taps clamped to the border).
+
+    Built from Range, Floor, Equal and elementwise arithmetic on the output size, so the graph stays dynamic
+    in H and W and uses only ops every supported TensorRT release parses. At size == source the taps' weights
+    are exactly 0, 1, 0, 0: the matrix is the identity and the resize returns the grid unchanged."""
+    a = -0.75
+    x = (torch.arange(size, dtype=dtype, device=device) + 0.5) * (source / size) - 0.5  # (size,)
+    x0 = torch.floor(x)
+    t = x - x0
+
+    def near(d: torch.Tensor) -> torch.Tensor:  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: torch.Tensor) -> torch.Tensor:  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=1)  # (size, 4)
+    taps = (x0.unsqueeze(1) + torch.arange(-1, 3, dtype=dtype, device=device)).clamp(0, source - 1)  # (size, 4)
+    hits = taps.unsqueeze(2) == torch.arange(source, dtype=dtype, device=device)  # (size, 4, source)
+    return (weights.unsqueeze(2) * hits.to(dtype)).sum(dim=1)  # (size, source)
 
 
 class PatchEmbed(nn.Module):
@@ -256,3 +292,33 @@ def vit_base(**kwargs) -> VisionTransformer:
 def vit_large(**kwargs) -> VisionTransformer:
     """ViT-Large: width 1024, 24 blocks, 16 heads; keyword arguments as ``VisionTransformer``'s."""
     return VisionTransformer(**{**dict(embed_dim=1024, depth=24, num_heads=16), **kwargs})
+
+
+def mmseg_vit_keys(src: str, dst: str) -> tuple[tuple[str, str], ...]:
+    """Key-map rules for mmsegmentation's VisionTransformer (mmseg/models/backbones/vit.py, 1.x 886c189 and 0.x
+    00bf9f6: ``patch_embed.projection`` (mmseg/models/utils/embed.py's PatchEmbed), ``cls_token``, ``pos_embed``,
+    ``layers.{i}`` (``mmseg_layer_keys``) and the final norm ``ln1``) at ``src`` (a pattern), ours a
+    ``VisionTransformer`` at ``dst``."""
+    return (
+        (rf"{src}\.patch_embed\.projection\.(\w+)", rf"{dst}.patch_embed.proj.\1"),
+        (rf"{src}\.cls_token", f"{dst}.cls_token"),
+        (rf"{src}\.pos_embed", f"{dst}.pos_embed"),
+        *mmseg_layer_keys(rf"{src}\.layers", f"{dst}.blocks"),
+        (rf"{src}\.ln1\.(\w+)", rf"{dst}.norm.\1"),
+    )
+
+
+def mmseg_layer_keys(src: str, dst: str) -> tuple[tuple[str, str], ...]:
+    """Rules for mmsegmentation's TransformerEncoderLayers at ``src``.{i} (backbones/vit.py; also the layers of
+    Segmenter's mask head): ``ln1``, ``attn.attn`` (mmcv's MultiheadAttention around nn.MultiheadAttention, whose
+    packed ``in_proj`` rows are query, key, value: our ``qkv`` as it is), ``ln2``, ``ffn.layers`` (mmcv's FFN:
+    ``0.0`` the first Linear, ``1`` the second); ours ``Block``s at ``dst``.{i}."""
+    layer, block = rf"{src}\.(\d+)\.", rf"{dst}.\1."
+    return (
+        (layer + r"ln1\.(\w+)", block + r"norm1.\2"),
+        (layer + r"attn\.attn\.in_proj_(weight|bias)", block + r"attn.qkv.\2"),
+        (layer + r"attn\.attn\.out_proj\.(\w+)", block + r"attn.proj.\2"),
+        (layer + r"ln2\.(\w+)", block + r"norm2.\2"),
+        (layer + r"ffn\.layers\.0\.0\.(\w+)", block + r"mlp.fc1.\2"),
+        (layer + r"ffn\.layers\.1\.(\w+)", block + r"mlp.fc2.\2"),
+    )
