@@ -16,7 +16,7 @@ from export.measure.metrics import compare
 from helpers import make_deterministic
 from models import create_model, get_spec
 
-FUSIONS = {"drop_identity_resize", "pointwise_conv_before_upsampling"}
+FUSIONS = {"drop_identity_resize", "pointwise_conv_before_upsampling", "fold_channel_linear_into_pointwise_conv"}
 
 
 def run(graph: onnx.ModelProto, feed: dict) -> np.ndarray:
@@ -43,13 +43,15 @@ def segformer(tmp_path_factory):
 def test_segformer_decoder_is_fused_for_onnxruntime_only(segformer):
     model, graph = segformer
     fused, counts = apply_rewrites(graph, "onnxruntime")
-    assert {k: v for k, v in counts.items() if k in FUSIONS} == {"drop_identity_resize": 1,
-                                                                  "pointwise_conv_before_upsampling": 1}
+    # One identity Resize, one fuse convolution, and each of the four stages' projection folded into its block.
+    assert {k: v for k, v in counts.items() if k in FUSIONS} == {
+        "drop_identity_resize": 1, "pointwise_conv_before_upsampling": 1, "fold_channel_linear_into_pointwise_conv": 4}
     assert conv_over_concat(fused) == 0  # the fuse convolution no longer reads the 4-stage concatenation
     plain, counts = apply_rewrites(graph, "tensorrt")
     assert not FUSIONS & set(counts) and conv_over_concat(plain) == 1
-    resizes = [sum(n.op_type == "Resize" for n in g.graph.node) for g in (fused, plain)]
-    assert resizes[0] == resizes[1] - 1
+    count = {op: [sum(n.op_type == op for n in g.graph.node) for g in (fused, plain)] for op in ("Resize", "Transpose")}
+    assert count["Resize"][0] == count["Resize"][1] - 1
+    assert count["Transpose"][0] == count["Transpose"][1] - 8  # each stage's NCHW -> NHWC -> NCHW pair
     x = np.random.RandomState(0).randn(2, 3, 64, 96).astype(np.float32)  # another size than the export's
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()

@@ -119,5 +119,76 @@ def _resize_targets(b: Builder, resize: gs.Node, y: gs.Variable) -> list:
     if not sizes.name:
         return [roi, scales, sizes]
     nc = b.op("Slice", b.op("Shape", y), b.const([0]), b.const([2]))
-    hw = b.op("Slice", sizes, b.const([2]), b.const([4]))
-    return [roi, scales, b.op("Concat", nc, hw, attrs={"axis": 0})]
+    return [roi, scales, b.op("Concat", nc, _spatial_sizes(b, sizes), attrs={"axis": 0})]
+
+
+def _spatial_sizes(b: Builder, sizes: gs.Tensor) -> gs.Tensor:
+    """sizes[2:4]. The exporter writes sizes as Concat(Shape(input)[0:2], target H, W): then the target itself,
+    so that the old input's shape is no longer read and the old input can go (fold_channel_linear_into_
+    pointwise_conv needs that)."""
+    cat = _producer(sizes, "Concat")
+    if cat is not None:
+        lengths = [(_known_shape(t) or [None])[0] for t in cat.inputs]
+        taken = 0
+        for i, n in enumerate(lengths):
+            if not isinstance(n, int) or taken >= 2:
+                break
+            taken += n
+            if taken == 2 and all(isinstance(m, int) for m in lengths[i + 1:]) and sum(lengths[i + 1:]) == 2:
+                rest = list(cat.inputs[i + 1:])
+                return rest[0] if len(rest) == 1 else b.op("Concat", *rest, attrs={"axis": 0})
+    return b.op("Slice", sizes, b.const([2]), b.const([4]))
+
+
+def _only_consumer(t: gs.Tensor, node: gs.Node, graph: gs.Graph) -> bool:
+    return len(t.outputs) == 1 and t.outputs[0] is node and t not in graph.outputs
+
+
+def _producer(t: gs.Tensor, op: str) -> gs.Node | None:
+    return t.inputs[0] if len(t.inputs) == 1 and t.inputs[0].op == op and (t.inputs[0].domain or "") == "" else None
+
+
+@register_rewrite("onnxruntime")
+def fold_channel_linear_into_pointwise_conv(graph: gs.Graph) -> int:
+    """Conv1x1(NHWC->NCHW(Linear(NCHW->NHWC(x)))) = Conv1x1'(x), with weight Wc W^T and bias bc + Wc b: a Linear
+    over the channels of a map, written as transposes around a MatMul, followed by a pointwise convolution, is
+    one pointwise convolution on the map itself, and both transposes go. SegFormer's decoder: each stage's
+    projection to the decoder width and its block of the fuse convolution (pointwise_conv_before_upsampling)
+    become one convolution from the stage's channels, at the stage's resolution."""
+    graph.cleanup()  # nodes earlier rewrites disconnected downstream still read the tensors matched here
+    count = 0
+    for conv in nodes_of(graph, "Conv"):
+        weight = _pointwise(conv)
+        if weight is None:
+            continue
+        back = _producer(conv.inputs[0], "Transpose")
+        if back is None or back.attrs.get("perm") != [0, 3, 1, 2] or not _only_consumer(conv.inputs[0], conv, graph):
+            continue
+        linear, bias = back.inputs[0], None
+        add = _producer(linear, "Add")
+        if add is not None:
+            if not _only_consumer(linear, back, graph):
+                continue
+            consts = [t for t in add.inputs if isinstance(t, gs.Constant)]
+            if len(consts) != 1 or consts[0].values.ndim != 1:
+                continue
+            bias = consts[0].values
+            linear = next(t for t in add.inputs if t is not consts[0])
+        matmul = _producer(linear, "MatMul")
+        if matmul is None or not _only_consumer(linear, add or back, graph) \
+                or not isinstance(matmul.inputs[1], gs.Constant) or matmul.inputs[1].values.ndim != 2:
+            continue
+        w1 = matmul.inputs[1].values  # (C, E)
+        forth = _producer(matmul.inputs[0], "Transpose")
+        if forth is None or forth.attrs.get("perm") != [0, 2, 3, 1] or w1.shape[1] != weight.shape[1]:
+            continue
+        conv_bias = conv.inputs[2].values if len(conv.inputs) > 2 else np.zeros(weight.shape[0], weight.dtype)
+        folded = (weight.astype(np.float64) @ w1.T.astype(np.float64)).astype(weight.dtype)  # (O, C)
+        new_bias = conv_bias.astype(np.float64)
+        if bias is not None:
+            new_bias = new_bias + weight.astype(np.float64) @ bias.astype(np.float64)
+        b = Builder(graph, f"{conv.name}/folded")
+        conv.inputs = [forth.inputs[0], b.const(folded[:, :, None, None], weight.dtype),
+                       b.const(new_bias.astype(weight.dtype), weight.dtype)]
+        count += 1
+    return count
