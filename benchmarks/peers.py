@@ -23,6 +23,12 @@ in an order rotated from round to round, so that drift on a shared machine hits 
 median and p90 latency, the ratio of eager's median to its median (above 1: faster than eager), its pixel
 agreement with eager's class map on the input, and whether it is the fastest of its precision class (fp32,
 fp16, int8). Not a test: speeds go in this table, not in assertions.
+
+Idle threads wait without spinning in every runtime that lets one say so: the engines' ONNX Runtime sessions
+do (engines/onnxruntime.py), and PyTorch's OpenMP threads are told to by ``OMP_WAIT_POLICY=PASSIVE`` (unless
+the environment sets it). On a shared machine spinning threads wait at each of the thousands of parallel
+regions of a run for a thread the kernel has descheduled: measured here under a load of 6 on 2 cores,
+SegFormer-B0 eager took 520-3000 ms with spinning threads, 190-240 ms without (and 236 ms on one thread).
 """
 from __future__ import annotations
 
@@ -38,9 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import onnx
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads (docstring)
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -120,7 +128,7 @@ def openvino(graph: Path, precision: str, threads: int, feed: dict[str, np.ndarr
     """OpenVINO's CPU plugin on one of the build's ONNX graphs (TensorRT plugin nodes as their decomposition)."""
     import openvino as ov  # benchmark-only dependency: the bench extra
 
-    name = f"OpenVINO {ov.__version__.split('-')[0]}"
+    name = f"OpenVINO {openvino_version()}"
     start = time.perf_counter()
     try:
         model = onnx.load(str(graph))
@@ -150,7 +158,7 @@ def ours(path: Path, threads: int, feed: dict[str, np.ndarray]) -> Contender:
     name = f"ours: {backend}"
     if manifest.get("kind") == "graph":
         return Contender(f"ours: {backend} (graph)", precision, str(path), status="not run",
-                         reason="a TensorRT-bound graph: compiled into an engine on the device, not run on this CPU")
+                         reason="TensorRT-bound graph, compiled into an engine on the device")
     start = time.perf_counter()
     if backend == "tensorrt":
         from engines import tensorrt as trt_engine  # lazy: imports TensorRT only where it is installed
@@ -190,7 +198,7 @@ def openvino_version() -> str | None:
         import openvino as ov
     except ImportError:
         return None
-    return ov.__version__
+    return ov.__version__.split("-")[0]  # 2026.4.1, without the build tag
 
 
 # Measuring ------------------------------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def machine() -> dict:
     cpu = this_cpu()
     return {"cpu": cpu["model"], "cores": os.cpu_count(), "int8_kernels": cpu["int8_kernels"],
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_engine.VERSION,
-            "openvino": openvino_version()}
+            "openvino": openvino_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def _ms(value: float | None) -> str:
@@ -278,7 +286,7 @@ def render_markdown(result: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['int8_kernels']} INT8 kernels); "
              f"{result['threads']} threads for every contender; batch 1; {result['iterations']} interleaved rounds "
              f"after {result['warmup']} warm-up calls. torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, "
-             f"OpenVINO {m['openvino'] or 'not installed'}. **Bold**: fastest of its precision class.", "",
+             f"OpenVINO {m['openvino'] or 'not installed'}; OMP_WAIT_POLICY={m['omp_wait_policy']}. **Bold**: fastest of its precision class.", "",
              "| model | contender | precision | median ms | p90 ms | vs eager | set-up s | agreement | graph / note |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
