@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engines.onnxruntime as ort_engine  # noqa: E402
 from engines import artifacts as layout  # noqa: E402
+from engines.base import EngineError  # noqa: E402
 from engines.cpu import this_cpu  # noqa: E402
 from engines.manifest import embeds_pre_post, read_manifest  # noqa: E402
 from export.compile.build import BuildOptions, build  # noqa: E402
@@ -166,10 +167,12 @@ def ours(path: Path, threads: int, feed: dict[str, np.ndarray]) -> Contender:
         reason = trt_engine.unavailable_reason()
         if reason:
             return Contender(name, precision, str(path), status="not run", reason=reason)
-        runner = trt_engine.TensorRTRunner.from_engine(path)
-    else:
-        runner = ort_engine.OnnxRuntimeRunner.from_engine(path, threads)
-    runner.activate()
+    try:
+        runner = (trt_engine.TensorRTRunner.from_engine(path) if backend == "tensorrt"
+                  else ort_engine.OnnxRuntimeRunner.from_engine(path, threads))
+        runner.activate()
+    except EngineError as exc:  # a stale or corrupt engine: its message says how to rebuild it
+        return Contender(name, precision, str(path), status="failed", reason=str(exc).splitlines()[0])
 
     def call():
         return next(iter(runner.infer(feed).values()))
@@ -243,7 +246,8 @@ def rows_for(cfg: ModelConfig, contenders: list[Contender], threads: int) -> lis
     return rows
 
 
-def benchmark_model(pipeline: Pipeline, cfg: ModelConfig, out: Path, args, tmp: Path) -> list[dict]:
+def benchmark_model(pipeline: Pipeline, cfg: ModelConfig, out: Path, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """Every contender of one model on one check image, measured in interleaved rounds; its table rows."""
     model, _ = load_model(cfg, pipeline)
     samples = sample_inputs(pipeline, cfg, 1)
     x = torch.from_numpy(samples.tensors[0])
@@ -305,7 +309,8 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def missing_models(pipeline: Pipeline, out: Path, names: list[str]) -> list[str]:
+def missing_models(out: Path, names: list[str]) -> list[str]:
+    """The models with no ONNX Runtime engine in ``out``."""
     return [n for n in names if not any(p.name.endswith(layout.ENGINE_SUFFIX["onnxruntime"])
                                         for p in layout.built(out, n))]
 
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         names = [s.strip() for s in args.models.split(",")] if args.models else known
         if set(names) - set(known):
             raise UserError(f"--models: {sorted(set(names) - set(known))} not in {args.config}; it has: {', '.join(known)}")
-        missing = missing_models(pipeline, out, names)
+        missing = missing_models(out, names)
         if missing:
             print(f"no engines for {', '.join(missing)} in {out}: building them first", file=sys.stderr)
             build(pipeline, BuildOptions(models=missing, out_dir=str(out)))
