@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: build test check list run clean triton
+.PHONY: build test check bench list run clean triton
 
 # A Triton Inference Server for the tests and the load benchmark: the tritonserver build (CPU, Python backend)
 # that the nvidia-pytriton wheel ships. It pins numpy < 2, so it gets its own venv; onnxruntime at the
@@ -43,6 +43,15 @@ test: $(STAMP) $(TRITON_STAMP)
 
 check: $(STAMP) $(VAL)
 	$(PY) -m export check --config pipeline.yaml --data build/synthetic_val --report build/check.md --json build/check.json
+
+# Peers side by side (benchmarks/peers.py): PyTorch eager, torch.compile, OpenVINO on the built graphs and every
+# engine built, same input and thread count, one run; builds what is missing first. OpenVINO comes with the
+# test extra (through the bench one). THREADS=2 matches the machine the README's table was measured on.
+THREADS ?= 2
+ITERATIONS ?= 20
+bench: $(STAMP) $(VAL)
+	$(PY) benchmarks/peers.py --config pipeline.yaml --threads $(THREADS) --iterations $(ITERATIONS) \
+		--markdown build/peers.md --json build/peers.json
 
 # Live segmentation: `make run SOURCE=0` (USB camera), SOURCE=csi://0 (Jetson), rtsp://..., a file, synthetic://.
 # Watch it at http://127.0.0.1:8080 (OUTPUT=display:// for a window, OUTPUT=out.mp4 for a file).

@@ -12,7 +12,7 @@ from helpers import ROOT
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("target", ["build", "test"])
+@pytest.mark.parametrize("target", ["build", "test", "bench"])
 def test_quick_start_make_targets_exist(target):
     assert f"make {target}" in README
     result = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)

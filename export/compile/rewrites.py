@@ -91,6 +91,7 @@ def apply_rewrites(model: onnx.ModelProto, target: str) -> tuple[onnx.ModelProto
     Returns the new graph and how many nodes each rewrite changed.
     """
     from .. import ops  # noqa: F401  (registers the custom ops' lowerings)
+    from . import fusions  # noqa: F401  (registers the ONNX Runtime target's fusions, after the lowerings)
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
