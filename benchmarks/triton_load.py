@@ -10,7 +10,7 @@ engine, since this Triton build has no ONNX Runtime or TensorRT backend), or ``-
 itself. Aggregate FPS: all frames / the longest client's run; latencies: every frame's end-to-end time
 (capture to output, queueing included) over all clients. Everything binds to and talks to 127.0.0.1.
 Needs the engine built (``python -m export build``) and ``make triton``. Not a test: speeds go here, not
-in assertions (tests/test_triton.py runs ``run_clients`` to check every frame is answered and correct).
+in assertions (tests/test_serving.py runs ``run_clients`` to check every frame is answered and correct).
 """
 from __future__ import annotations
 
