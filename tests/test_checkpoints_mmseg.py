@@ -343,6 +343,29 @@ def save(tmp_path, name: str, s: SourceState, meta: str):
     return path
 
 
+def small_source(cases: dict, name: str):
+    """The case's writer run on a randomised ``name`` at the registry's test widths: (source model, written
+    state, those widths, the key prefix the source holds that we leave out). Every one of our tensors must
+    have been written somewhere."""
+    writer, _, small, extra = cases[name]
+    kwargs = get_spec(name).test_kwargs
+    source_model = randomised(name, 0, **kwargs)
+    s = writer(source_model, 19, **small)
+    assert s.used == set(s.ours)
+    return source_model, s, kwargs, extra
+
+
+def assert_source_count(cases: dict, name: str, num_classes: int, expected: int) -> None:
+    """At full width (shapes only), the source network the writer lays out from the config has the parameters
+    of the registered variant, and every one of our tensors has its source tensor."""
+    writer, full, _, extra = cases[name]
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes)
+    s = writer(model, num_classes, **full)
+    assert s.used == set(s.ours)
+    assert s.parameters(skip=extra) == count_parameters(model) == expected
+
+
 def round_trip(tmp_path, name: str, s: SourceState, source_model: torch.nn.Module, meta: str, **kwargs):
     """Save ``s`` in the ``meta`` layout, read it, import it into a freshly randomised ``name`` (``kwargs``: its
     widths) and require the source model's outputs exactly; returns the imported model, the report and the

@@ -33,6 +33,8 @@ from test_checkpoints_mmseg import (
     mmseg_resnet_v1c,
     randomised,
     round_trip,
+    small_source,
+    assert_source_count,
     save,
 )
 
@@ -310,12 +312,7 @@ RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.
                                         ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x"),
                                         ("icnet_r50_mmseg", "mmseg 0.x"), ("unet_mmseg", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
-    writer, _, small, extra = CASES[name]
-    kwargs = get_spec(name).test_kwargs
-    source_model = randomised(name, 0, **kwargs)
-    s = writer(source_model, 19, **small)
-    assert s.used == set(s.ours)  # the writer put every one of our tensors somewhere
-
+    source_model, s, kwargs, extra = small_source(CASES, name)
     imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out
     assert sorted(report.reshaped) == RESHAPED.get(get_spec(name).family, [])
@@ -324,14 +321,7 @@ def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_parameter_count_is_the_source_configs(name):
-    """At full width (shapes only), the source network the writer lays out from the config has the parameters
-    of the registered variant, and every one of our tensors has its source tensor."""
-    writer, full, _, extra = CASES[name]
-    with torch.device("meta"):
-        model = create_model(name, num_classes=19)
-    s = writer(model, 19, **full)
-    assert s.used == set(s.ours)
-    assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
+    assert_source_count(CASES, name, 19, SOURCE_PARAMS[name])
 
 
 # ------------------------------------------------------------- a file for another variant of the family

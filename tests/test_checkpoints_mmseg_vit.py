@@ -21,9 +21,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_checkpoints_mmseg import SourceState, randomised, round_trip
+from test_checkpoints_mmseg import SourceState, assert_source_count, randomised, round_trip, small_source
 
-from models import count_parameters, create_model, get_spec
+from models import count_parameters, get_spec
 from models.backbones.vit import resize_pos_embed
 
 ADE20K_CLASSES = 150
@@ -142,12 +142,7 @@ SOURCE_PARAMS = {"dpt_vit_b16_mmseg": 109_705_046, "segmenter_vit_t_mmseg": 6_71
 
 @pytest.mark.parametrize("name, meta", [("dpt_vit_b16_mmseg", "mmseg 1.x"), ("segmenter_vit_b_mmseg", "mmseg 0.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
-    writer, _, small, extra = CASES[name]
-    kwargs = get_spec(name).test_kwargs
-    source_model = randomised(name, 0, **kwargs)
-    s = writer(source_model, 19, **small)
-    assert s.used == set(s.ours)  # the writer put every one of our tensors somewhere
-
+    source_model, s, kwargs, extra = small_source(CASES, name)
     imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == "mmseg" and report.loaded == len(s.used) and not report.reshaped
     assert sorted(report.left_out) == sorted(k for k in s.state if extra and k.startswith(extra))
@@ -158,12 +153,7 @@ def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
 def test_parameter_count_is_the_source_configs(name):
     """At full width (shapes only) with the zoo files' 150 classes, the source network the writer lays out from
     the config has the parameters of the registered variant, and every one of our tensors has its source tensor."""
-    writer, full, _, extra = CASES[name]
-    with torch.device("meta"):
-        model = create_model(name, num_classes=ADE20K_CLASSES)
-    s = writer(model, ADE20K_CLASSES, **full)
-    assert s.used == set(s.ours)
-    assert s.parameters(skip=extra) == count_parameters(model) == SOURCE_PARAMS[name]
+    assert_source_count(CASES, name, ADE20K_CLASSES, SOURCE_PARAMS[name])
 
 
 @pytest.mark.parametrize("grid, size", [((14, 14), (32, 32)), ((14, 14), (14, 14)), ((4, 6), (3, 10)), ((32, 32), (40, 24))])
