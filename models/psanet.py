@@ -19,8 +19,10 @@ larger inputs the window is local, at smaller ones it is clipped at the borders.
 stage 3, training only.
 
 The ``_v1c`` variants have mmsegmentation's ResNetV1c stem (32-32-64 where ours is 64-64-128), the only
-difference from its Cityscapes ``psanet_r{50,101}-d8`` networks, whose files import; its ADE20K and VOC
-configs set ``mask_size=(66, 66)``, a different attention conv, which these variants (97 x 97) do not take.
+difference from its Cityscapes and VOC12+Aug ``psanet_r{50,101}-d8`` networks (97 x 97), whose files import.
+Its ADE20K configs set ``mask_size=(66, 66)``, a different attention conv (66 * 66 output channels): the
+``_v1c_ade20k`` variants. An even window is not centred: half = (66 - 1) // 2 = 32 cells before a position,
+33 after, as mmcv's kernel; the op and its lowering compute that offset from the window, nothing else changes.
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def _psanet(layers: tuple[int, int, int, int], num_classes: int, head_channels: 
 
 # Numerical tests: a quarter of the widths, and a 7 x 7 window: over-complete for the 4 x 4 attention map of a
 # 64 x 64 input, clipped (local) on the 4 x 6 map of a 64 x 96 one. The _v1c variants differ only in their
-# full-size stem, so at these widths psanet_r50_v1c is psanet_r50.
+# full-size stem, the _ade20k ones also in their full-size window, so at these widths all are psanet_r50 (r101 aside).
 _NARROW = {"base_width": 16, "stem_width": 16, "head_channels": 128, "mask_size": (7, 7)}
 
 # mmsegmentation's psanet_r50-d8 / psanet_r101-d8 checkpoints (configs/_base_/models/psanet_r50-d8.py, 3f8d34e:
@@ -129,7 +131,7 @@ def psanet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
                 checkpoints=(MMSEG_KEYS,))
 def psanet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
-    psanet_r50-d8 checkpoints load here."""
+    and VOC12+Aug psanet_r50-d8 checkpoints load here."""
     return _psanet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
@@ -137,5 +139,31 @@ def psanet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
                 checkpoints=(MMSEG_KEYS,))
 def psanet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
-    psanet_r101-d8 checkpoints load here."""
+    and VOC12+Aug psanet_r101-d8 checkpoints load here."""
     return _psanet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})
+
+
+# mmsegmentation's ADE20K PSANet configs change the head's window and the class count, nothing else:
+# configs/psanet/psanet_r50-d8_4xb4-160k_ade20k-512x512.py (e663aca; 0.x psanet_r50-d8_512x512_80k_ade20k.py,
+# 4e726a2) set decode_head=dict(mask_size=(66, 66), num_classes=150), auxiliary_head=dict(num_classes=150); the r101
+# files only set depth=101 on top (psanet_r101-d8_4xb4-80k_ade20k-512x512.py, 152f43b). The VOC12+Aug configs keep
+# the base's (97, 97) (psanet_r50-d8_4xb4-20k_voc12aug-512x512.py, a3a144a). The class
+# count comes with the file (meta), so the default stays this registry's 19; the window is a keyword argument, so
+# the numerical tests' 7 x 7 (_NARROW) overrides it and these small networks are the _v1c ones.
+_ADE20K_MASK = (66, 66)
+
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
+                checkpoints=(MMSEG_KEYS,))
+def psanet_r50_v1c_ade20k(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSANet on mmsegmentation's ResNetV1c-50 with its ADE20K 66 x 66 window: its ADE20K psanet_r50-d8
+    checkpoints (150 classes) load here."""
+    return psanet_r50_v1c(num_classes, **{"mask_size": _ADE20K_MASK, **kwargs})
+
+
+@register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
+                checkpoints=(MMSEG_KEYS,))
+def psanet_r101_v1c_ade20k(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PSANet on mmsegmentation's ResNetV1c-101 with its ADE20K 66 x 66 window: its ADE20K psanet_r101-d8
+    checkpoints (150 classes) load here."""
+    return psanet_r101_v1c(num_classes, **{"mask_size": _ADE20K_MASK, **kwargs})

@@ -21,7 +21,8 @@ from helpers import make_deterministic
 from models import create_model, get_spec
 from models.ops.psa_mask import psa_mask, psa_mask_reference
 
-MASKS = [(5, 7), (3, 3), (4, 6), (1, 1), (9, 5), (33, 31)]  # odd, square, even (half = (m - 1) // 2), 1x1, large
+# odd, square, even (half = (m - 1) // 2), even square (ADE20K's 66 x 66 in small: 2 before, 3 after), 1x1, large
+MASKS = [(5, 7), (3, 3), (4, 6), (6, 6), (1, 1), (9, 5), (33, 31)]
 SIZES = [(1, 5, 7), (2, 8, 8), (1, 16, 3), (1, 1, 1), (1, 2, 9)]  # (batch, h, w)
 
 
@@ -108,11 +109,15 @@ def test_over_complete_window_keeps_every_weight_and_a_small_one_is_local():
         min(c + 2, w) - max(c - 1, 0) for c in range(w))
 
 
-def test_attention_conv_predicts_one_weight_per_window_cell():
+@pytest.mark.parametrize("name, window", [("psanet_r50", 97), ("psanet_r101_v1c", 97), ("psanet_r50_v1c_ade20k", 66),
+                                          ("psanet_r101_v1c_ade20k", 66)])
+def test_attention_conv_predicts_one_weight_per_window_cell(name, window):
+    """mmseg's Cityscapes / VOC window (97, 97) and its ADE20K one (66, 66)."""
     with torch.device("meta"):
-        model = create_model("psanet_r50", num_classes=19)
-    assert model.head.collect.attention[-1].out_channels == 97 * 97
-    assert model.head.distribute.attention[-1].out_channels == 97 * 97
+        model = create_model(name, num_classes=19)
+    assert model.head.collect.mask_size == model.head.distribute.mask_size == (window, window)
+    assert model.head.collect.attention[-1].out_channels == window * window
+    assert model.head.distribute.attention[-1].out_channels == window * window
     assert (model.head.collect.distribute, model.head.distribute.distribute) == (0, 1)
 
 
