@@ -18,8 +18,8 @@ transposed conv), the same function at initialisation. The reference freezes the
 Not reproduced: conv1_1's 100-pixel padding and the crops it forces (models/backbones/vgg.py says why);
 every map here is exactly input / stride, so input sizes must be multiples of 32.
 
-mmsegmentation's FCN is another network of the same idea (``fcn_r50_v1c``, ``fcn_r101_v1c``, whose
-``fcn_r{50,101}-d8`` files import): the dilated ResNetV1c (output stride 8) with its FCNHead of two 3x3
+mmsegmentation's FCN is another network of the same idea (``fcn_r18_v1c``, ``fcn_r50_v1c``, ``fcn_r101_v1c``,
+whose ``fcn_r{18,50,101}-d8`` files import): the dilated ResNetV1c (output stride 8) with its FCNHead of two 3x3
 conv-BN-ReLU, concatenated with the backbone feature, a 3x3 fusion conv-BN-ReLU, dropout and a 1x1 classifier
 (``models.heads.context.ContextHead`` with no block); an FCN head on stage 3 trains it (``aux_heads``).
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones.resnet import DEPTHS
+from .backbones.resnet import DEPTHS, BasicBlock
 from .backbones.vgg import vgg16_fcn
 from .base import SegmentationModel
 from .heads.context import (
@@ -122,12 +122,24 @@ def _fcn_resnet(layers: tuple[int, int, int, int], num_classes: int, head_channe
 
 # Numerical tests: a quarter of the widths (the bottlenecks, stem and head keep every layer they have).
 _NARROW_RESNET = {"base_width": 16, "stem_width": 16, "head_channels": 128}
+# ResNet-18: a quarter of the widths, the V1c stem half the base width, the head a quarter of the full 128.
+_NARROW_R18 = {"base_width": 16, "stem_width": 8, "head_channels": 32}
 
 # mmsegmentation's fcn_r50-d8 / fcn_r101-d8 checkpoints (configs/_base_/models/fcn_r50-d8.py, 2fc821e: ResNetV1c,
 # FCNHead with in_channels 2048, channels 512, num_convs 2, concat_input, dropout 0.1; auxiliary FCNHead 1024 ->
-# 256). FCNHead (fcn_head.py, 0b5f81f): convs.0, convs.1, conv_cat, conv_seg.
+# 256). FCNHead (fcn_head.py, 0b5f81f): convs.0, convs.1, conv_cat, conv_seg. The fcn_r18-d8 files
+# (configs/fcn/fcn_r18-d8_512x1024_80k_cityscapes.py, 57ac1a0, and its 769x769 twin) narrow the heads
+# (decode 512 -> 128, auxiliary 256 -> 64) on BasicBlocks of the same key names.
 MMSEG_KEYS = KeyMap("mmseg", (*MMSEG_DILATED_RESNET_KEYS, *MMSEG_CONTEXT_HEAD_KEYS),
                     note="mmsegmentation FCNHead on ResNetV1c (configs/_base_/models/fcn_r50-d8.py)")
+
+
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_R18, checkpoints=(MMSEG_KEYS,))
+def fcn_r18_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """mmsegmentation's FCN on dilated ResNetV1c-18 (its BasicBlock: only the first 3x3 conv dilated), heads
+    128 and 64 wide: its fcn_r18-d8 checkpoints load here."""
+    return _fcn_resnet(DEPTHS[18], num_classes, **{"stem_width": 32, "head_channels": 128, "block": BasicBlock,
+                                                   "dilate_conv2": False, **kwargs})
 
 
 @register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET, checkpoints=(MMSEG_KEYS,))

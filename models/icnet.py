@@ -29,7 +29,7 @@ the widths (stem 32-32-64, stage widths 32-256), the 1/4 branch split off after 
 every resize and pyramid pooling windows baked for a 1025x2049 input. mmsegmentation differs from the
 prototxt in the 1/4 branch (PSPNet's concatenating pyramid, 3x3 fusion to 512, 1x1 to 256), an extra 1x1
 conv on the 1/2 branch and a ReLU on each CFF's branches; this follows the prototxt there, and
-``icnet_r50_mmseg`` / ``icnet_r101_mmseg`` (``MMSegICNetBackbone``, below) are mmsegmentation's network, whose
+``icnet_r{18,50,101}_mmseg`` (``MMSegICNetBackbone``, below) are mmsegmentation's network, whose
 checkpoints they load. Here the pyramid
 pooling is ``seg::adaptive_avg_pool`` (models/heads/psp.py), exact at any size, so one graph serves every H, W.
 
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.resnet import DEPTHS, ResNet, mmseg_v1c_keys
+from .backbones.resnet import DEPTHS, BasicBlock, Bottleneck, ResNet, mmseg_v1c_keys
 from .base import ConvNormAct, SegmentationModel, init_conv_bn
 from .heads.fcn import FCNHead, FCNHeadOn
 from .heads.psp import BINS, PyramidPoolingModule, adaptive_avg_pool
@@ -181,16 +181,20 @@ class MMSegICNetBackbone(nn.Module):
     - each CFF branch is a conv-BN-ReLU (``CascadeFeatureFusion(mmseg=True)``), and the label guidance reads the
       low branch's 128 channels.
 
+    ``block`` and ``dilate_conv2`` as ``ResNet``'s: the R-18 trunk is ``BasicBlock`` with ``dilate_conv2=False``
+    (mmseg's BasicBlock); the branch widths follow the trunk's (mmseg's ``layer_channels=(128, 512)``).
+
     Returns ``[x_24, x_12, x_cff_12]`` as ICNeck does: the two guidance maps (1/16 and 1/8) and the last fusion
     (1/8)."""
 
     def __init__(self, layers: tuple[int, int, int, int] = DEPTHS[50], base_width: int = 64, stem_width: int = 32,
                  light_channels: int = 32, branch_channels: tuple[int, int, int] = (64, 256, 256),
                  psp_channels: int = 512, channels: int = 128, bins: tuple[int, ...] = BINS,
-                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d, block: type[BasicBlock | Bottleneck] = Bottleneck,
+                 dilate_conv2: bool = True) -> None:
         super().__init__()
         self.resnet = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width,
-                             norm_layer=norm_layer)
+                             norm_layer=norm_layer, block=block, dilate_conv2=dilate_conv2)
         # icnet.py: "set ceil_mode=True to keep information in the corner of feature map"
         self.resnet.stem[3] = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
         c1, c2, c4 = branch_channels
@@ -247,7 +251,9 @@ _NARROW_MMSEG = {"base_width": 16, "stem_width": 8, "light_channels": 8, "branch
 # backbone.backbone = the ResNetV1c, backbone.psp_modules.{i} = (AdaptiveAvgPool2d, ConvModule) (PPM of
 # decode_heads/psp_head.py), backbone.psp_bottleneck, backbone.conv_sub1.{0,1,2}, conv_sub2, conv_sub4 (ConvModules);
 # neck.cff_24 / cff_12 with conv_low, conv_high; decode_head and auxiliary_head.{0,1} FCNHeads (convs.0,
-# conv_seg). The R-18 files do not fit: mmseg's BasicBlock leaves conv2 undilated where ours dilates it.
+# conv_seg). The R-18 files (configs/icnet/icnet_r18-d8_832x832_{80k,160k}_cityscapes.py, 94f9cb4/7e3fb54, the
+# in1k-pre twins and the 1.x icnet_r18-d8{,-in1k-pre}_4xb2-{80k,160k}_cityscapes-832x832.py) change only the trunk,
+# depth=18 and layer_channels=(128, 512): icnet_r18_mmseg, its BasicBlocks under the same key names.
 MMSEG_KEYS = KeyMap("mmseg", (
     *mmseg_v1c_keys(r"backbone\.backbone", "backbone.resnet"),
     *conv_norm(r"backbone\.psp_modules\.(\d)\.1", r"backbone.pyramid.stages.\1"),
@@ -260,6 +266,14 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *conv_norm(r"auxiliary_head\.(\d)\.convs\.0", r"aux_heads.\1.0"),
     (r"auxiliary_head\.(\d)\.conv_seg\.(\w+)", r"aux_heads.\1.2.\2"),
 ), note="mmsegmentation ICNet + ICNeck on ResNetV1c (configs/_base_/models/icnet_r50-d8.py)")
+
+
+@register_model("icnet", size_divisor=32, output_stride=8, test_kwargs=_NARROW_MMSEG,
+                custom_ops=("adaptive_avg_pool",), checkpoints=(MMSEG_KEYS,))
+def icnet_r18_mmseg(num_classes: int = 19, **kwargs) -> nn.Module:
+    """ICNet as mmsegmentation builds it, ResNetV1c-18 (its BasicBlock: only the first 3x3 conv dilated): its
+    icnet_r18-d8 checkpoints load here."""
+    return _icnet_mmseg(DEPTHS[18], num_classes, **{"block": BasicBlock, "dilate_conv2": False, **kwargs})
 
 
 @register_model("icnet", size_divisor=32, output_stride=8, test_kwargs=_NARROW_MMSEG,

@@ -183,27 +183,33 @@ def coincheung_bisenetv2(model, num_classes) -> SourceState:
 
 
 def mmseg_resnet_v1c(s: SourceState, layers, stem_channels: int, base: int, prefix: str = "backbone",
-                     ours_prefix: str = "backbone") -> int:
+                     ours_prefix: str = "backbone", basic_block: bool = False) -> int:
     """mmseg ResNetV1c (mmseg/models/backbones/resnet.py 03b0197, mmseg/models/utils/res_layer.py 230246f):
-    deep_stem, avg_down=False, Bottleneck style 'pytorch', at ``prefix`` (ours at ``ours_prefix``); returns the
-    last stage's width."""
+    deep_stem, avg_down=False, Bottleneck style 'pytorch' or, with ``basic_block`` (depth 18/34), BasicBlock
+    (conv1, conv2 3x3, expansion 1), at ``prefix`` (ours at ``ours_prefix``); returns the last stage's width."""
     half = stem_channels // 2
     for i, (cin, c) in enumerate(((3, half), (half, half), (half, stem_channels))):  # stem: (conv, bn, relu) x 3
         s.conv(f"{prefix}.stem.{3 * i}", f"{ours_prefix}.stem.{i}.0", cin, c, 3)
         s.bn(f"{prefix}.stem.{3 * i + 1}", f"{ours_prefix}.stem.{i}.1", c)
+    expansion = 1 if basic_block else 4
     inplanes = stem_channels
     for i, n in enumerate(layers):
         planes = base * 2**i
+        out = expansion * planes
         for j in range(n):
             mm, ours = f"{prefix}.layer{i + 1}.{j}", f"{ours_prefix}.stages.{i}.{j}"
-            cin = inplanes if j == 0 else 4 * planes
-            for k, (ci, co, ks) in enumerate(((cin, planes, 1), (planes, planes, 3), (planes, 4 * planes, 1)), 1):
+            cin = inplanes if j == 0 else out
+            convs = (((cin, planes, 3), (planes, planes, 3)) if basic_block else
+                     ((cin, planes, 1), (planes, planes, 3), (planes, out, 1)))
+            for k, (ci, co, ks) in enumerate(convs, 1):
                 s.conv(f"{mm}.conv{k}", f"{ours}.conv{k}.0", ci, co, ks)
                 s.bn(f"{mm}.bn{k}", f"{ours}.conv{k}.1", co)
-            if j == 0:  # ResLayer: a downsample wherever stride != 1 or the width changes (every first block)
-                s.conv(f"{mm}.downsample.0", f"{ours}.downsample.0", inplanes, 4 * planes, 1)
-                s.bn(f"{mm}.downsample.1", f"{ours}.downsample.1", 4 * planes)
-        inplanes = 4 * planes
+            # ResLayer: a downsample wherever stride != 1 or the width changes (a bottleneck stage's first block
+            # always; a BasicBlock layer1 on the 64-wide stem never)
+            if j == 0 and (i > 0 or inplanes != out):
+                s.conv(f"{mm}.downsample.0", f"{ours}.downsample.0", inplanes, out, 1)
+                s.bn(f"{mm}.downsample.1", f"{ours}.downsample.1", out)
+        inplanes = out
     return inplanes
 
 
@@ -231,12 +237,14 @@ def mmseg_ccnet(model, num_classes, layers, stem_channels=64, base=64, channels=
     return s
 
 
-def mmseg_pspnet(model, num_classes, layers, stem_channels=64, base=64, channels=512, aux=256) -> SourceState:
+def mmseg_pspnet(model, num_classes, layers, stem_channels=64, base=64, channels=512, aux=256,
+                 basic_block=False) -> SourceState:
     """configs/_base_/models/pspnet_r50-d8.py (3f8d34e): ResNetV1c, PSPHead(channels=512, pool_scales 1, 2, 3, 6)
     (psp_head.py 5563185: psp_modules.{i} = (AdaptiveAvgPool2d, ConvModule 1x1), bottleneck 3x3), auxiliary
-    FCNHead 1024 -> 256."""
+    FCNHead 1024 -> 256. R-18 (configs/pspnet/pspnet_r18-d8_512x1024_80k_cityscapes.py, b4d3bf4): depth=18,
+    decode_head 512 -> 128, auxiliary_head 256 -> 64."""
     s = SourceState(model)
-    c = mmseg_resnet_v1c(s, layers, stem_channels, base)
+    c = mmseg_resnet_v1c(s, layers, stem_channels, base, basic_block=basic_block)
     for i in range(4):
         s.conv_module(f"decode_head.psp_modules.{i}.1", f"head.ppm.stages.{i}", c, channels, 1)
     s.conv_module("decode_head.bottleneck", "head.bottleneck", c + 4 * channels, channels, 3)
@@ -288,7 +296,7 @@ def mmseg_segformer(model, num_classes, embed_dims=32, num_heads=(1, 2, 5, 8), n
     return s
 
 
-R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
+R18, R50, R101 = (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 23, 3)
 MIT_LAYERS = {"b0": (2, 2, 2, 2), "b1": (2, 2, 2, 2), "b2": (3, 4, 6, 3), "b3": (3, 4, 18, 3), "b4": (3, 8, 27, 3),
               "b5": (3, 6, 40, 3)}
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
@@ -300,6 +308,9 @@ CASES = {
                       ("auxiliary_head.",)),
     "ccnet_r101_v1c": (mmseg_ccnet, dict(layers=R101),
                        dict(layers=R101, stem_channels=16, base=16, channels=128, aux=64), ("auxiliary_head.",)),
+    "pspnet_r18_v1c": (mmseg_pspnet, dict(layers=R18, channels=128, aux=64, basic_block=True),
+                       dict(layers=R18, stem_channels=16, base=16, channels=32, aux=16, basic_block=True),
+                       ("auxiliary_head.",)),
     "pspnet_r50_v1c": (mmseg_pspnet, dict(layers=R50),
                        dict(layers=R50, stem_channels=16, base=16, channels=128, aux=64), ("auxiliary_head.",)),
     "pspnet_r101_v1c": (mmseg_pspnet, dict(layers=R101),
@@ -311,7 +322,8 @@ CASES = {
 # Parameters of the source's deployed network at 19 classes, summed over the shapes the writers give (none of
 # the sources publishes a count for these models).
 SOURCE_PARAMS = {"bisenetv2": 3_358_883, "bisenetv2_coincheung": 3_358_627, "ccnet_r50_v1c": 47_461_364,
-                 "ccnet_r101_v1c": 66_453_492, "pspnet_r50_v1c": 46_610_803, "pspnet_r101_v1c": 65_602_931,
+                 "ccnet_r101_v1c": 66_453_492, "pspnet_r18_v1c": 12_641_267, "pspnet_r50_v1c": 46_610_803,
+                 "pspnet_r101_v1c": 65_602_931,
                  "segformer_b0_mmseg": 3_720_051, "segformer_b1_mmseg": 13_683_155, "segformer_b2_mmseg": 24_728_019,
                  "segformer_b3_mmseg": 44_603_859, "segformer_b4_mmseg": 61_374_419, "segformer_b5_mmseg": 81_974_739}
 
@@ -385,7 +397,8 @@ def round_trip(tmp_path, name: str, s: SourceState, source_model: torch.nn.Modul
 
 @pytest.mark.parametrize("name, meta", [("bisenetv2", "mmseg 0.x"), ("bisenetv2", "mmseg 1.x"),
                                         ("bisenetv2_coincheung", "plain"), ("ccnet_r50_v1c", "mmseg 0.x"),
-                                        ("ccnet_r101_v1c", "mmseg 0.x"), ("pspnet_r50_v1c", "mmseg 0.x"),
+                                        ("ccnet_r101_v1c", "mmseg 0.x"), ("pspnet_r18_v1c", "mmseg 1.x"),
+                                        ("pspnet_r50_v1c", "mmseg 0.x"),
                                         ("pspnet_r101_v1c", "mmseg 0.x"), ("segformer_b0_mmseg", "mmseg 1.x"),
                                         ("segformer_b2_mmseg", "mmseg 0.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_checkpoints_mmseg import (
+    R18,
     R50,
     R101,
     SourceState,
@@ -37,11 +38,13 @@ def conv_seg(s: SourceState, num_classes: int, channels: int) -> None:
     s.conv("decode_head.conv_seg", "head.classifier", channels, num_classes, 1, bias=True)
 
 
-def mmseg_fcn(model, num_classes, layers, stem_channels=64, base=64, channels=512, aux=256) -> SourceState:
+def mmseg_fcn(model, num_classes, layers, stem_channels=64, base=64, channels=512, aux=256,
+              basic_block=False) -> SourceState:
     """configs/_base_/models/fcn_r50-d8.py (2fc821e): ResNetV1c, FCNHead(in_channels=2048, channels=512,
-    num_convs=2, concat_input=True), auxiliary FCNHead 1024 -> 256."""
+    num_convs=2, concat_input=True), auxiliary FCNHead 1024 -> 256. R-18 (configs/fcn/fcn_r18-d8_512x1024_80k_
+    cityscapes.py, 57ac1a0): depth=18 (BasicBlock), decode_head 512 -> 128, auxiliary_head 256 -> 64."""
     s = SourceState(model)
-    c = mmseg_resnet_v1c(s, layers, stem_channels, base)
+    c = mmseg_resnet_v1c(s, layers, stem_channels, base, basic_block=basic_block)
     fcn_head_convs(s, c, channels)
     conv_seg(s, num_classes, channels)
     mmseg_fcn_aux(s, num_classes, c // 2, aux)
@@ -187,10 +190,15 @@ LEFT_OUT = ("decode_head.pam_conv_seg.", "decode_head.cam_conv_seg.")
 # come from test_kwargs, as for every name). psanet_r50-d8_4xb4-160k_ade20k-512x512.py (e663aca) and its r101 file
 # (152f43b): decode_head mask_size=(66, 66); their 150 classes come with the file, the counts below are at 19.
 DATASET_VARIANTS = {"psanet_r50_v1c_ade20k": {"mask_size": 66}, "psanet_r101_v1c_ade20k": {"mask_size": 66}}
-NAMES = [f"{family}_{depth}_v1c" for family in WRITERS for depth in ("r50", "r101")] + list(DATASET_VARIANTS)
+# The R-18 files (fcn_r18-d8_*: configs/fcn/fcn_r18-d8_512x1024_80k_cityscapes.py, 57ac1a0): BasicBlocks, heads
+# 128 and 64 wide at full size; the small ones a quarter of that, as fcn.py's _NARROW_R18 (stem 8-8-16).
+R18_VARIANTS = {"fcn_r18_v1c": ({"channels": 128, "aux": 64},
+                                {"stem_channels": 16, "base": 16, "channels": 32, "aux": 16})}
+NAMES = ([f"{family}_{depth}_v1c" for family in WRITERS for depth in ("r50", "r101")] + list(DATASET_VARIANTS)
+         + list(R18_VARIANTS))
 # Parameters of mmseg's deployed network at 19 classes, summed over the shapes the writers give.
 SOURCE_PARAMS = {
-    "fcn_r50_v1c": 47_133_043, "fcn_r101_v1c": 66_125_171,
+    "fcn_r18_v1c": 12_673_523, "fcn_r50_v1c": 47_133_043, "fcn_r101_v1c": 66_125_171,
     "nonlocal_r50_v1c": 47_659_123, "nonlocal_r101_v1c": 66_651_251,
     "gcnet_r50_v1c": 47_265_524, "gcnet_r101_v1c": 66_257_652,
     "danet_r50_v1c": 47_462_389, "danet_r101_v1c": 66_454_517,
@@ -204,6 +212,8 @@ SOURCE_PARAMS = {
 def write(name: str, model: torch.nn.Module, full: bool) -> SourceState:
     family, depth = name.split("_")[:2]
     writer, small = WRITERS[family]
+    if name in R18_VARIANTS:
+        return writer(model, 19, layers=R18, basic_block=True, **R18_VARIANTS[name][0 if full else 1])
     kwargs = DATASET_VARIANTS.get(name, {}) if full else {**SMALL, **small}
     return writer(model, 19, layers=R50 if depth == "r50" else R101, **kwargs)
 
@@ -215,7 +225,7 @@ def test_mmseg_checkpoint_imports_with_the_same_outputs(name, tmp_path):
     s = write(name, source_model, full=False)
     assert s.used == set(s.ours)  # the writer put every one of our tensors somewhere, the aux heads' too
 
-    meta = "mmseg 0.x" if name.split("_")[1] == "r50" else "mmseg 1.x"
+    meta = "mmseg 0.x" if name.split("_")[1] in ("r18", "r50") else "mmseg 1.x"
     imported, report, images = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == "mmseg" and report.loaded == len(s.used)
     assert sorted(report.left_out) == sorted(k for k in s.state if k.startswith(LEFT_OUT))

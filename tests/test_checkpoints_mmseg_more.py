@@ -13,8 +13,8 @@ ICNet: mmseg's backbones/icnet.py and necks/ic_neck.py are another network than 
 concatenates with 512-wide reductions and a 3x3 bottleneck, conv_sub2/conv_sub4 1x1 convs, ReLU on each CFF
 branch, a ceil_mode max-pool, scale_factor=0.5 resizes, ResNetV1c, an FCN head), built as icnet_r{50,101}_mmseg from
 configs/_base_/models/icnet_r50-d8.py; test_mmseg_icnet_runs_mmseg_forward writes mmseg's forward out on its layers.
-The R-18 files (icnet_r18-d8) are not mapped: mmseg's BasicBlock leaves conv2 undilated (resnet.py 03b0197), ours
-dilates both convs of a dilated stage, which changes outputs.
+The R-18 files (icnet_r18-d8) are icnet_r18_mmseg: mmseg's BasicBlock leaves conv2 undilated (resnet.py 03b0197),
+which our BasicBlock does with dilate_conv2=False (tests/test_backbones.py compares it with mmseg's forward).
 
 U-Net: mmseg's UNet (backbones/unet.py) has BatchNorm, up-samples by bilinear x2 and a 1x1 conv-BN-ReLU where
 unet_padded has a transposed conv, and puts an FCN head on the last decoder map: unet_mmseg, from
@@ -26,6 +26,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_checkpoints_mmseg import (
+    R18,
     R50,
     R101,
     SourceState,
@@ -216,7 +217,7 @@ def mmseg_pointrend(model, num_classes, layers=R50, stem_channels=64, base=64, f
 
 
 def mmseg_icnet(model, num_classes, layers=R50, stem_channels=64, base=64, light=32, branches=(64, 256, 256),
-                psp=512, channels=128) -> SourceState:
+                psp=512, channels=128, basic_block=False) -> SourceState:
     """configs/_base_/models/icnet_r50-d8.py (80eee4a; R-101: configs/icnet/icnet_r101-d8_4xb2-80k_cityscapes-
     832x832.py, 3f8d34e, depth=101): ICNet(layer_channels (512, 2048), light_branch_middle_channels 32,
     psp_out_channels 512, out_channels (64, 256, 256)) on ResNetV1c; ICNeck(out_channels 128); decode_head an
@@ -225,10 +226,11 @@ def mmseg_icnet(model, num_classes, layers=R50, stem_channels=64, base=64, light
     psp_modules.{i} = (AdaptiveAvgPool2d, ConvModule 1x1) (PPM of decode_heads/psp_head.py), psp_bottleneck
     (3x3 on cat(pyramid + [x])), conv_sub1.{0,1,2} (3x3 s2 ConvModules), conv_sub2 and conv_sub4 (1x1 ConvModules).
     necks/ic_neck.py (10d08c2): cff_24 and cff_12, each conv_low (3x3, dilation 2) and conv_high (1x1)
-    ConvModules."""
+    ConvModules. R-18 (configs/icnet/icnet_r18-d8_832x832_80k_cityscapes.py, 94f9cb4): resnet depth=18
+    (BasicBlock), layer_channels (128, 512); the rest as R-50."""
     s = SourceState(model)
-    c4 = mmseg_resnet_v1c(s, layers, stem_channels, base, "backbone.backbone", "backbone.resnet")
-    c2 = c4 // 4  # layer2's width (layer_channels[0])
+    c4 = mmseg_resnet_v1c(s, layers, stem_channels, base, "backbone.backbone", "backbone.resnet", basic_block)
+    c2 = c4 // 4  # layer2's width (layer_channels[0]: 512 of 2048, 128 of 512)
     c1, cs2, cs4 = branches
     for i in range(4):
         s.conv_module(f"backbone.psp_modules.{i}.1", f"backbone.pyramid.stages.{i}", c4, psp, 1)
@@ -293,6 +295,8 @@ CASES = {
                                                   "head": 16, "aux": 32}, ("auxiliary_head.",)),
     "pointrend_r50_v1c": (mmseg_pointrend, {}, {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64},
                           ()),
+    "icnet_r18_mmseg": (mmseg_icnet, {"layers": R18, "basic_block": True},
+                        {**_ICNET_SMALL, "layers": R18, "basic_block": True}, ("auxiliary_head.",)),
     "icnet_r50_mmseg": (mmseg_icnet, {}, _ICNET_SMALL, ("auxiliary_head.",)),
     "unet_mmseg": (mmseg_unet, {}, {"base": 8}, ("auxiliary_head.",)),
     "icnet_r101_mmseg": (mmseg_icnet, {"layers": R101}, {**_ICNET_SMALL, "layers": R101}, ("auxiliary_head.",)),
@@ -301,7 +305,8 @@ CASES = {
 # publishes no parameter counts).
 SOURCE_PARAMS = {"ocrnet_hrnetv2_w18_mmseg": 12_080_036, "ocrnet_hrnetv2_w48_mmseg": 70_371_446,
                  "ocrnet_hrnetv2_w18_small_v2_mmseg": 6_378_496, "bisenetv1_r18_mmseg": 13_275_539,
-                 "pointrend_r50_v1c": 28_715_119, "icnet_r50_mmseg": 47_527_507, "icnet_r101_mmseg": 66_519_635,
+                 "pointrend_r50_v1c": 28_715_119, "icnet_r18_mmseg": 24_874_067, "icnet_r50_mmseg": 47_527_507,
+                 "icnet_r101_mmseg": 66_519_635,
                  "unet_mmseg": 28_987_795}
 RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.weight",
                        "head.attention.value.0.weight"]}  # a 2-d 1x1 kernel on the source's side, Conv1d on ours
@@ -310,7 +315,8 @@ RESHAPED = {"ocrnet": ["head.attention.key.0.0.weight", "head.attention.key.1.0.
 @pytest.mark.parametrize("name, meta", [("ocrnet_hrnetv2_w18_mmseg", "mmseg 0.x"),
                                         ("ocrnet_hrnetv2_w48_mmseg", "mmseg 1.x"),
                                         ("bisenetv1_r18_mmseg", "mmseg 0.x"), ("pointrend_r50_v1c", "mmseg 1.x"),
-                                        ("icnet_r50_mmseg", "mmseg 0.x"), ("unet_mmseg", "mmseg 1.x")])
+                                        ("icnet_r18_mmseg", "mmseg 1.x"), ("icnet_r50_mmseg", "mmseg 0.x"),
+                                        ("unet_mmseg", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
     source_model, s, kwargs, extra = small_source(CASES, name)
     imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)

@@ -12,8 +12,10 @@ with the two changes segmentation networks make to it:
   names ``MMSEG_V1C_KEYS`` maps.
 
 ResNet-18/34 are built of basic blocks (two 3x3 convs), ResNet-50/101 of bottlenecks, v1.5 (the stride sits on
-the 3x3 conv). ``ResNet`` takes the block type (``block``, default ``Bottleneck``); ``resnet(depth)`` picks it
-from the depth (``BLOCKS``), which ``DEPTHS`` alone cannot tell: ResNet-34 and -50 have the same stage depths.
+the 3x3 conv). In a dilated stage a basic block here dilates both 3x3 convs; mmsegmentation's BasicBlock dilates only
+the first (its conv2 keeps padding 1, dilation 1), which ``dilate_conv2=False`` reproduces for its R-18 files.
+``ResNet`` takes the block type (``block``, default ``Bottleneck``); ``resnet(depth)`` picks it from the depth
+(``BLOCKS``), which ``DEPTHS`` alone cannot tell: ResNet-34 and -50 have the same stage depths.
 ``forward`` returns the four stage outputs; ``out_channels`` and ``strides`` describe them.
 """
 from __future__ import annotations
@@ -34,16 +36,19 @@ DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 
 
 
 class BasicBlock(nn.Module):
-    """The ResNet-18/34 block: two 3x3 convs, the first carrying the stride; both dilated in a dilated stage."""
+    """The ResNet-18/34 block: two 3x3 convs, the first carrying the stride; both dilated in a dilated stage, or
+    only the first with ``dilate_conv2=False`` (mmsegmentation's BasicBlock, mmseg/models/backbones/resnet.py,
+    03b0197: conv2 has padding 1 and no dilation, so its weights were trained for that receptive field)."""
 
     expansion = 1
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, dilation: int = 1,
-                 norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d, dilate_conv2: bool = True) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = ConvNormAct(in_channels, width, 3, stride, dilation, norm_layer=norm_layer)
-        self.conv2 = ConvNormAct(width, out_channels, 3, dilation=dilation, norm_layer=norm_layer, act_layer=None)
+        self.conv2 = ConvNormAct(width, out_channels, 3, dilation=dilation if dilate_conv2 else 1,
+                                 norm_layer=norm_layer, act_layer=None)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = ConvNormAct(in_channels, out_channels, 1, stride, norm_layer=norm_layer, act_layer=None)
@@ -77,14 +82,21 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A ResNet backbone returning its four stage outputs, at strides 4, 8, 16, 32 capped by ``output_stride``."""
+    """A ResNet backbone returning its four stage outputs, at strides 4, 8, 16, 32 capped by ``output_stride``.
+
+    ``dilate_conv2`` is passed to basic blocks (``BasicBlock``'s docstring); a bottleneck has one 3x3 conv,
+    always dilated, and takes only the default."""
 
     def __init__(self, layers: tuple[int, int, int, int], output_stride: int = 8, deep_stem: bool = True,
                  stem_width: int = 64, base_width: int = 64, norm_layer: type[nn.Module] = nn.BatchNorm2d,
-                 block: type[BasicBlock | Bottleneck] = Bottleneck) -> None:
+                 block: type[BasicBlock | Bottleneck] = Bottleneck, dilate_conv2: bool = True) -> None:
         super().__init__()
         if output_stride not in _SCHEDULES:
             raise ValueError(f"output_stride={output_stride}: expected one of {', '.join(map(str, _SCHEDULES))}")
+        if not dilate_conv2 and not issubclass(block, BasicBlock):
+            raise ValueError(f"dilate_conv2=False applies to BasicBlock only, got block={block.__name__}; "
+                             f"leave dilate_conv2 at True for bottlenecks")
+        block_kwargs = {} if dilate_conv2 else {"dilate_conv2": False}
         if deep_stem:
             self.stem = nn.Sequential(
                 ConvNormAct(3, stem_width, 3, 2, norm_layer=norm_layer),
@@ -106,7 +118,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(depth):
                 d = max(1, dilation // 2) if j == 0 and dilation > 1 else dilation
-                blocks.append(block(channels, width, stride if j == 0 else 1, d, norm_layer))
+                blocks.append(block(channels, width, stride if j == 0 else 1, d, norm_layer, **block_kwargs))
                 channels = width * block.expansion
             total *= stride
             self.stages.append(nn.Sequential(*blocks))
@@ -127,7 +139,8 @@ class ResNet(nn.Module):
 # are layer1 ... layer4, a bottleneck's norms bn1 ... bn3 sit beside conv1 ... conv3 and the shortcut of a
 # stage's first block is downsample = (1x1 conv, bn). Key-mapping rules (models/keymaps.py) for the tables of
 # the families built on it, the source's ResNet at ``source`` (a pattern) and ours at ``ours``: mmseg's
-# EncoderDecoder holds it at backbone, its ICNet one level down (backbone.backbone).
+# EncoderDecoder holds it at backbone, its ICNet one level down (backbone.backbone). Its BasicBlock (R-18/34) has
+# the same names (conv1, bn1, conv2, bn2, downsample), so the rules serve both block types.
 def mmseg_v1c_keys(source: str = r"backbone", ours: str = "backbone") -> tuple[tuple[str, str], ...]:
     """The rules for an mmseg ResNetV1c at ``source`` (a pattern of its key prefix) into our ``ResNet`` at
     ``ours``."""

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..backbones.resnet import MMSEG_V1C_KEYS, ResNet
+from ..backbones.resnet import MMSEG_V1C_KEYS, BasicBlock, Bottleneck, ResNet
 from ..base import ConvNormAct, SegmentationModel
 from ..keymaps import conv_norm
 from .fcn import FCNHead
@@ -49,10 +49,13 @@ class ContextHead(nn.Module):
 
 def dilated_resnet_model(layers: tuple[int, int, int, int], num_classes: int,
                          head: Callable[[list[int]], nn.Module], aux_channels: int = 256,
-                         base_width: int = 64, stem_width: int = 64) -> SegmentationModel:
-    """ResNet (``layers``, deep stem, output stride 8) -> ``head(backbone.out_channels)``, with the FCN
-    auxiliary head (``aux_channels`` wide) on stage 3."""
-    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width)
+                         base_width: int = 64, stem_width: int = 64,
+                         block: type[BasicBlock | Bottleneck] = Bottleneck, dilate_conv2: bool = True
+                         ) -> SegmentationModel:
+    """ResNet (``layers`` of ``block``, deep stem, output stride 8) -> ``head(backbone.out_channels)``, with the
+    FCN auxiliary head (``aux_channels`` wide) on stage 3. ``dilate_conv2`` as ``ResNet``'s."""
+    backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width,
+                      block=block, dilate_conv2=dilate_conv2)
     aux = FCNHead(backbone.out_channels[2], num_classes, aux_channels)  # deep supervision on stage 3
     return SegmentationModel(backbone, head(backbone.out_channels), num_classes, aux_heads=[aux], aux_indices=[2])
 
