@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.resnet import resnet
+from .backbones.resnet import mmseg_v1c_keys, resnet
 from .base import SegmentationModel
 from .keymaps import KeyMap
 from .ops.msda import multiscale_deformable_attention
@@ -324,7 +324,53 @@ HF_KEYS = KeyMap("huggingface", (
     (r"class_predictor\.(\w+)", r"head.decoder.class_embed.\1"),
 ), drop=(r"criterion\.empty_weight",),
    note="transformers Mask2FormerForUniversalSegmentation with a ResNet backbone")
-CHECKPOINT_KEYS = (HF_KEYS,)
+
+# mmsegmentation 1.x's Mask2Former R-50 files (configs/mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py,
+# mask2former_r50_8xb2-160k_ade20k-512x512.py, 11d1ed8): mmseg's plain ResNet-50 (deep_stem=False: a 7x7
+# conv1 + bn1 stem, 64 wide, style 'pytorch', as ours), and mmseg's Mask2FormerHead (mmseg/models/decode_heads/
+# mask2former_head.py, fa05a05), which is mmdet 3.x's (mmdet/models/dense_heads/mask2former_head.py) with its
+# cls_embed rebuilt for num_classes + 1. The same network as ours, layer for layer: MSDeformAttnPixelDecoder
+# (mmdet/models/layers/msdeformattn_pixel_decoder.py, 14e758a: input_convs coarsest first, 1x1 ConvModules with a
+# bias and GN; level_encoding; one lateral and one output ConvModule, bias-free, GN; mask_feature), 6
+# DeformableDetrTransformerEncoderLayers (mmcv's MultiScaleDeformableAttention, its value the query without
+# position, as ours; FFN; norms[0], norms[1], post-norm), the same sine positions and (i + 0.5) / size reference
+# points, and Mask2FormerTransformerDecoder (mmdet/models/layers/transformer/mask2former_layers.py, 19bceba; its
+# layers detr_layers.py's, 7ece1f0): cross-attention, norms[0], self-attention, norms[1], FFN, norms[2], each an
+# mmcv MultiheadAttention wrapping nn.MultiheadAttention (attn.in_proj_* stacks query, key, value), post_norm
+# before every prediction, a query masked everywhere attending everywhere; decoder_input_projs are Identities
+# (feat_channels = embed_dims, enforce_decoder_input_project=False) and hold no tensors. GN, BN and LayerNorm
+# eps are torch's defaults there as here. Its predict upsamples the mask logits to the padded input before the
+# sigmoid and the sum over queries; ours sums at stride 4 and upsamples the scores (as for Hugging Face above):
+# the weights import exactly, the scores differ by where that resize sits.
+_MM_PIXEL = r"decode_head\.pixel_decoder\."
+_MM_ENC = _MM_PIXEL + r"encoder\.layers\.(\d+)\."
+_MM_DEC = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
+_FFN = ((r"ffn\.layers\.0\.0", "linear1"), (r"ffn\.layers\.1", "linear2"))  # mmcv's FFN: (Linear, act, drop), Linear
+MMSEG_KEYS = KeyMap("mmseg", (
+    *mmseg_v1c_keys(deep_stem=False),
+    (_MM_PIXEL + r"input_convs\.(\d)\.conv\.(\w+)", r"head.pixel_decoder.input_proj.\1.0.\2"),
+    (_MM_PIXEL + r"input_convs\.(\d)\.gn\.(\w+)", r"head.pixel_decoder.input_proj.\1.1.\2"),
+    (_MM_PIXEL + r"level_encoding\.weight", "head.pixel_decoder.level_embed"),
+    (_MM_ENC + r"self_attn\.(\w+)\.(\w+)", _OUR_ENC + r"self_attn.\2.\3"),
+    *((_MM_ENC + rf"{mm}\.(\w+)", _OUR_ENC + rf"{ours}.\2") for mm, ours in _FFN),
+    *((_MM_ENC + rf"norms\.{i}\.(\w+)", _OUR_ENC + rf"norm{i + 1}.\2") for i in range(2)),
+    (_MM_PIXEL + r"lateral_convs\.0\.conv\.weight", "head.pixel_decoder.lateral_conv.0.weight"),
+    (_MM_PIXEL + r"lateral_convs\.0\.gn\.(\w+)", r"head.pixel_decoder.lateral_conv.1.\1"),
+    (_MM_PIXEL + r"output_convs\.0\.conv\.weight", "head.pixel_decoder.output_conv.0.weight"),
+    (_MM_PIXEL + r"output_convs\.0\.gn\.(\w+)", r"head.pixel_decoder.output_conv.1.\1"),
+    (_MM_PIXEL + r"mask_feature\.(\w+)", r"head.pixel_decoder.mask_features.\1"),
+    *((_MM_DEC + rf"{a}\.attn\.in_proj_(weight|bias)", _OUR_DEC + rf"{a}.{{q,k,v}}.\2") for a in ("cross_attn", "self_attn")),
+    *((_MM_DEC + rf"{a}\.attn\.out_proj\.(\w+)", _OUR_DEC + rf"{a}.proj.\2") for a in ("cross_attn", "self_attn")),
+    *((_MM_DEC + rf"{mm}\.(\w+)", _OUR_DEC + rf"{ours}.\2") for mm, ours in _FFN),
+    # norms[0] after the cross-attention, [1] after the self-attention, [2] after the FFN: ours norm1..3
+    *((_MM_DEC + rf"norms\.{i}\.(\w+)", _OUR_DEC + rf"norm{i + 1}.\2") for i in range(3)),
+    (r"decode_head\.transformer_decoder\.post_norm\.(\w+)", r"head.decoder.decoder_norm.\1"),
+    (r"decode_head\.(query_embed|query_feat|level_embed)\.weight", r"head.decoder.\1.weight"),
+    (r"decode_head\.cls_embed\.(\w+)", r"head.decoder.class_embed.\1"),
+    # (Linear, ReLU, Linear, ReLU, Linear) there and here: the same indices
+    (r"decode_head\.mask_embed\.(\d)\.(\w+)", r"head.decoder.mask_embed.\1.\2"),
+), note="mmsegmentation Mask2FormerHead (mmdet's) on ResNet-50 (configs/mask2former/mask2former_r50_*.py)")
+CHECKPOINT_KEYS = (HF_KEYS, MMSEG_KEYS)
 
 _NARROW = {"base_width": 16, "stem_width": 16, "dim": 32, "encoder_layers": 1, "encoder_ffn": 64,
            "decoder_layers": 3, "decoder_ffn": 64, "queries": 10, "heads": 2, "points": 2}

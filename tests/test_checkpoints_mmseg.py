@@ -183,12 +183,17 @@ def coincheung_bisenetv2(model, num_classes) -> SourceState:
 
 
 def mmseg_resnet_v1c(s: SourceState, layers, stem_channels: int, base: int, prefix: str = "backbone",
-                     ours_prefix: str = "backbone", basic_block: bool = False) -> int:
+                     ours_prefix: str = "backbone", basic_block: bool = False, deep_stem: bool = True) -> int:
     """mmseg ResNetV1c (mmseg/models/backbones/resnet.py 03b0197, mmseg/models/utils/res_layer.py 230246f):
     deep_stem, avg_down=False, Bottleneck style 'pytorch' or, with ``basic_block`` (depth 18/34), BasicBlock
-    (conv1, conv2 3x3, expansion 1), at ``prefix`` (ours at ``ours_prefix``); returns the last stage's width."""
+    (conv1, conv2 3x3, expansion 1), at ``prefix`` (ours at ``ours_prefix``); returns the last stage's width.
+    ``deep_stem=False``: mmseg's plain ResNet, whose _make_stem_layer builds conv1 (7x7 s2, no bias) and bn1."""
     half = stem_channels // 2
-    for i, (cin, c) in enumerate(((3, half), (half, half), (half, stem_channels))):  # stem: (conv, bn, relu) x 3
+    if not deep_stem:
+        s.conv(f"{prefix}.conv1", f"{ours_prefix}.stem.0.0", 3, stem_channels, 7)
+        s.bn(f"{prefix}.bn1", f"{ours_prefix}.stem.0.1", stem_channels)
+    for i, (cin, c) in enumerate(((3, half), (half, half), (half, stem_channels)) if deep_stem else ()):
+        # the deep stem: (conv, bn, relu) x 3
         s.conv(f"{prefix}.stem.{3 * i}", f"{ours_prefix}.stem.{i}.0", cin, c, 3)
         s.bn(f"{prefix}.stem.{3 * i + 1}", f"{ours_prefix}.stem.{i}.1", c)
     expansion = 1 if basic_block else 4

@@ -141,12 +141,17 @@ class ResNet(nn.Module):
 # the families built on it, the source's ResNet at ``source`` (a pattern) and ours at ``ours``: mmseg's
 # EncoderDecoder holds it at backbone, its ICNet one level down (backbone.backbone). Its BasicBlock (R-18/34) has
 # the same names (conv1, bn1, conv2, bn2, downsample), so the rules serve both block types.
-def mmseg_v1c_keys(source: str = r"backbone", ours: str = "backbone") -> tuple[tuple[str, str], ...]:
+def mmseg_v1c_keys(source: str = r"backbone", ours: str = "backbone",
+                   deep_stem: bool = True) -> tuple[tuple[str, str], ...]:
     """The rules for an mmseg ResNetV1c at ``source`` (a pattern of its key prefix) into our ``ResNet`` at
-    ``ours``."""
+    ``ours``; ``deep_stem=False``: mmseg's plain ``ResNet`` (its 7x7 stem is ``conv1`` + ``bn1``, the stages the
+    same), ours with ``deep_stem=False``."""
+    stem = ((rf"{source}\.conv1\.weight", rf"{ours}.stem.0.0.weight"), (rf"{source}\.bn1\.(\w+)", rf"{ours}.stem.0.1.\1"))
+    if deep_stem:
+        stem = (*((rf"{source}\.stem\.{3 * i}\.(\w+)", rf"{ours}.stem.{i}.0.\1") for i in range(3)),
+                *((rf"{source}\.stem\.{3 * i + 1}\.(\w+)", rf"{ours}.stem.{i}.1.\1") for i in range(3)))
     return (
-        *((rf"{source}\.stem\.{3 * i}\.(\w+)", rf"{ours}.stem.{i}.0.\1") for i in range(3)),
-        *((rf"{source}\.stem\.{3 * i + 1}\.(\w+)", rf"{ours}.stem.{i}.1.\1") for i in range(3)),
+        *stem,
         *((rf"{source}\.layer{s + 1}\.(\d+)\.conv(\d)\.weight", rf"{ours}.stages.{s}.\1.conv\2.0.weight")
           for s in range(4)),
         *((rf"{source}\.layer{s + 1}\.(\d+)\.bn(\d)\.(\w+)", rf"{ours}.stages.{s}.\1.conv\2.1.\3")
