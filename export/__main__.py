@@ -23,22 +23,28 @@ def _positive(value: str) -> int:
     return n
 
 
+def _pipeline_args(p: argparse.ArgumentParser, build_dir: bool = False) -> None:
+    """The flags every command on a pipeline's models takes (and where their engines were built)."""
+    p.add_argument("--config", default="pipeline.yaml", help="pipeline file (default: pipeline.yaml)")
+    p.add_argument("--models", type=_csv, help="comma-separated subset of the pipeline's models")
+    if build_dir:
+        p.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+
+
 def parser() -> argparse.ArgumentParser:
     from .config import BACKENDS, PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m export", description="PyTorch -> ONNX -> engines for segmentation.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="export, rewrite, check, set precision, compile and verify engines")
-    b.add_argument("--config", default="pipeline.yaml", help="pipeline file (default: pipeline.yaml)")
-    b.add_argument("--models", type=_csv, help="comma-separated subset of the pipeline's models")
+    _pipeline_args(b)
     b.add_argument("--precisions", type=_csv, help=f"comma-separated subset of {','.join(PRECISIONS)}")
     b.add_argument("--backends", type=_csv, help=f"comma-separated subset of {','.join(BACKENDS)}")
     b.add_argument("--out", help="output folder (default: the pipeline's out_dir)")
     b.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     b.add_argument("--no-verify", dest="verify", action="store_false", help="keep engines that fail parity")
     c = sub.add_parser("check", help="accuracy and speed of built engines against PyTorch")
-    c.add_argument("--config", default="pipeline.yaml")
-    c.add_argument("--models", type=_csv)
+    _pipeline_args(c)
     c.add_argument("--out", help="folder the engines were built into (default: the pipeline's out_dir)")
     c.add_argument("--json", help="write the results as JSON")
     c.add_argument("--report", help="write the results as a Markdown report (with --data: and plots in <stem>_files/)")
@@ -55,16 +61,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--stride", metavar="HxW",
                    help="with --tile: the step between tiles (default: the tile, no overlap)")
     t = sub.add_parser("triton", help="a Triton Inference Server model repository from the built engines")
-    t.add_argument("--config", default="pipeline.yaml")
-    t.add_argument("--models", type=_csv)
-    t.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    _pipeline_args(t, build_dir=True)
     t.add_argument("--out", required=True, help="the model repository folder to write (tritonserver --model-repository)")
     t.add_argument("--no-python-backend", dest="python_backend", action="store_false",
                    help="leave out the Python-backend models (this project's ONNX Runtime engine on CPU servers)")
     d = sub.add_parser("deepstream", help="DeepStream nvinfer configs for the TensorRT-bound engines")
-    d.add_argument("--config", default="pipeline.yaml")
-    d.add_argument("--models", type=_csv)
-    d.add_argument("--build-dir", help="folder the engines were built into (default: the pipeline's out_dir)")
+    _pipeline_args(d, build_dir=True)
     d.add_argument("--out", required=True, help="folder to write the nvinfer configs and label files into")
     sub.add_parser("list", help="registered models with parameter counts")
     i = sub.add_parser("import", help="convert a checkpoint trained elsewhere (mmseg, Hugging Face, CoinCheung) "

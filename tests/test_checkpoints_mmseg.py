@@ -116,8 +116,7 @@ def mmseg_bisenetv2(model, num_classes, detail=(64, 64, 128), semantic=(16, 32, 
     s.conv_module("backbone.bga.detail_down.0", "backbone.aggregation.detail_down.0", c, c, 3)
     s.conv_module("backbone.bga.semantic_conv.0", "backbone.aggregation.semantic_up", c, c, 3)
     s.conv_module("backbone.bga.conv", "backbone.aggregation.fuse", c, c, 3)
-    s.conv_module("decode_head.convs.0", "head.seg.0", c, head, 3)
-    s.conv("decode_head.conv_seg", "head.seg.2", head, num_classes, 1, bias=True)
+    mmseg_fcn_head(s, "decode_head", "head.seg", num_classes, c, head)
     for k, (cin, ch) in enumerate(zip(semantic, aux)):  # on the stem and stages 2..4 (in_index 1..4)
         s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", cin, ch, 3)
         s.conv_module(f"auxiliary_head.{k}.convs.1", f"aux_heads.{k}.1", ch, ch, 3)
@@ -218,10 +217,16 @@ def mmseg_resnet_v1c(s: SourceState, layers, stem_channels: int, base: int, pref
     return inplanes
 
 
+def mmseg_fcn_head(s: SourceState, key: str, ours: str, num_classes: int, cin: int, channels: int) -> None:
+    """An FCNHead(num_convs=1, concat_input=False) (mmseg fcn_head.py 0b5f81f) at ``key``: one 3x3 ConvModule
+    and conv_seg, our ``ours.0`` and ``ours.2`` (a conv-BN-ReLU, dropout, classifier Sequential)."""
+    s.conv_module(f"{key}.convs.0", f"{ours}.0", cin, channels, 3)
+    s.conv(f"{key}.conv_seg", f"{ours}.2", channels, num_classes, 1, bias=True)
+
+
 def mmseg_fcn_aux(s: SourceState, num_classes: int, cin: int, channels: int) -> None:
-    """auxiliary_head: FCNHead(in_index=2, num_convs=1, concat_input=False) (mmseg fcn_head.py 0b5f81f)."""
-    s.conv_module("auxiliary_head.convs.0", "aux_heads.0.0", cin, channels, 3)
-    s.conv("auxiliary_head.conv_seg", "aux_heads.0.2", channels, num_classes, 1, bias=True)
+    """auxiliary_head: FCNHead(in_index=2, num_convs=1, concat_input=False)."""
+    mmseg_fcn_head(s, "auxiliary_head", "aux_heads.0", num_classes, cin, channels)
 
 
 def mmseg_ccnet(model, num_classes, layers, stem_channels=64, base=64, channels=512, aux=256) -> SourceState:

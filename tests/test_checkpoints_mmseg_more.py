@@ -31,6 +31,8 @@ from test_checkpoints_mmseg import (
     R101,
     SourceState,
     mmseg_ccnet,
+    mmseg_fcn_aux,
+    mmseg_fcn_head,
     mmseg_resnet_v1c,
     randomised,
     round_trip,
@@ -179,11 +181,9 @@ def mmseg_bisenetv1(model, num_classes, spatial=(64, 64, 64, 128), context=128, 
     fused = spatial[-1] + context
     s.conv_module("backbone.ffm.conv1", "backbone.fusion.fuse", fused, fused, 1)
     s.conv_module("backbone.ffm.conv_atten.0", "backbone.fusion.attention", fused, fused, 1)
-    s.conv_module("decode_head.convs.0", "head.seg.0", fused, head, 3)
-    s.conv("decode_head.conv_seg", "head.seg.2", head, num_classes, 1, bias=True)
+    mmseg_fcn_head(s, "decode_head", "head.seg", num_classes, fused, head)
     for k in range(2):
-        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", context, aux, 3)
-        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.2", aux, num_classes, 1, bias=True)
+        mmseg_fcn_head(s, f"auxiliary_head.{k}", f"aux_heads.{k}", num_classes, context, aux)
     return s
 
 
@@ -242,11 +242,9 @@ def mmseg_icnet(model, num_classes, layers=R50, stem_channels=64, base=64, light
     for cff, low, high in (("24", cs4, cs2), ("12", channels, c1)):
         s.conv_module(f"neck.cff_{cff}.conv_low", f"backbone.cff{cff}.conv_low", low, channels, 3)
         s.conv_module(f"neck.cff_{cff}.conv_high", f"backbone.cff{cff}.conv_high", high, channels, 1)
-    s.conv_module("decode_head.convs.0", "head.seg.0", channels, channels, 3)
-    s.conv("decode_head.conv_seg", "head.seg.2", channels, num_classes, 1, bias=True)
+    mmseg_fcn_head(s, "decode_head", "head.seg", num_classes, channels, channels)
     for k in range(2):
-        s.conv_module(f"auxiliary_head.{k}.convs.0", f"aux_heads.{k}.0", channels, channels, 3)
-        s.conv(f"auxiliary_head.{k}.conv_seg", f"aux_heads.{k}.2", channels, num_classes, 1, bias=True)
+        mmseg_fcn_head(s, f"auxiliary_head.{k}", f"aux_heads.{k}", num_classes, channels, channels)
     return s
 
 
@@ -273,10 +271,8 @@ def mmseg_unet(model, num_classes, base=64, stages=5) -> SourceState:
             s.conv(f"backbone.decoder.{i}.conv_block.convs.{k}.conv", f"backbone.levels.{j}.{3 * k}",
                    2 * skip if k == 0 else skip, skip, 3)
             s.bn(f"backbone.decoder.{i}.conv_block.convs.{k}.bn", f"backbone.levels.{j}.{3 * k + 1}", skip)
-    s.conv_module("decode_head.convs.0", "head.seg.0", base, base, 3)
-    s.conv("decode_head.conv_seg", "head.seg.2", base, num_classes, 1, bias=True)
-    s.conv_module("auxiliary_head.convs.0", "aux_heads.0.0", 2 * base, base, 3)
-    s.conv("auxiliary_head.conv_seg", "aux_heads.0.2", base, num_classes, 1, bias=True)
+    mmseg_fcn_head(s, "decode_head", "head.seg", num_classes, base, base)
+    mmseg_fcn_aux(s, num_classes, 2 * base, base)
     return s
 
 
