@@ -16,7 +16,8 @@ from export.measure.metrics import compare
 from helpers import make_deterministic
 from models import create_model, get_spec
 
-FUSIONS = {"drop_identity_resize", "pointwise_conv_before_upsampling", "fold_channel_linear_into_pointwise_conv"}
+FUSIONS = {"drop_identity_resize", "pointwise_conv_before_upsampling", "fold_channel_linear_into_pointwise_conv",
+           "resize_by_constant_scales"}
 
 
 def run(graph: onnx.ModelProto, feed: dict) -> np.ndarray:
@@ -45,7 +46,8 @@ def test_segformer_decoder_is_fused_for_onnxruntime_only(segformer):
     fused, counts = apply_rewrites(graph, "onnxruntime")
     # One identity Resize, one fuse convolution, and each of the four stages' projection folded into its block.
     assert {k: v for k, v in counts.items() if k in FUSIONS} == {
-        "drop_identity_resize": 1, "pointwise_conv_before_upsampling": 1, "fold_channel_linear_into_pointwise_conv": 4}
+        "drop_identity_resize": 1, "pointwise_conv_before_upsampling": 1, "fold_channel_linear_into_pointwise_conv": 4,
+        "resize_by_constant_scales": 4}  # the three stages' x2/x4/x8 and the final x4
     assert conv_over_concat(fused) == 0  # the fuse convolution no longer reads the 4-stage concatenation
     plain, counts = apply_rewrites(graph, "tensorrt")
     assert not FUSIONS & set(counts) and conv_over_concat(plain) == 1
@@ -113,3 +115,68 @@ def test_each_part_keeps_its_block_of_the_convolution():
     # The TensorRT-bound graph is left alone.
     _, counts = apply_rewrites(graph, "tensorrt")
     assert not FUSIONS & set(counts)
+
+
+def test_segformer_upsamplings_run_in_the_blocked_layout(segformer, tmp_path):
+    """After the rewrite ONNX Runtime's NCHWc transformer takes every upsampling of SegFormer's decoder (it
+    needs constant integer scales): no plain Resize is left in the session's graph on an x86 CPU."""
+    import onnxruntime as ort
+
+    from engines.onnxruntime import session_options
+
+    fused, _ = apply_rewrites(segformer[1], "onnxruntime")
+    assert all(len(n.input) == 3 for n in fused.graph.node if n.op_type == "Resize")  # scales, no sizes
+    options = session_options(1, "all")
+    options.optimized_model_filepath = str(tmp_path / "session.onnx")
+    ort.InferenceSession(fused.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [(n.domain, n.op_type) for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ("com.microsoft.nchwc", "Upsample") in ops and ("", "Resize") not in ops
+
+
+def _dynamic_upsampling(mode: str) -> onnx.ModelProto:
+    """x upsampled x2 to sizes computed from its own shape (provably twice it), and y resized to x's size
+    (no provable ratio: left as it is)."""
+    f = TensorProto.FLOAT
+    const = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("zero", [0]), ("two", [2]), ("four", [4]), ("twice", [2, 2]))]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["x_shape"]),
+        helper.make_node("Slice", ["x_shape", "zero", "two"], ["nc"]),
+        helper.make_node("Slice", ["x_shape", "two", "four"], ["hw"]),
+        helper.make_node("Mul", ["hw", "twice"], ["hw2"]),
+        helper.make_node("Concat", ["nc", "hw2"], ["sizes2"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes2"], ["x_up"], mode="linear", coordinate_transformation_mode=mode),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes_x"], axis=0),
+        helper.make_node("Resize", ["y", "", "", "sizes_x"], ["y_to_x"], mode="linear",
+                         coordinate_transformation_mode=mode),
+    ]
+    graph = helper.make_graph(nodes, "dynamic_upsampling",
+                              [helper.make_tensor_value_info("x", f, ["N", 2, "h", "w"]),
+                               helper.make_tensor_value_info("y", f, ["N", 2, "H", "W"])],
+                              [helper.make_tensor_value_info("x_up", f, None),
+                               helper.make_tensor_value_info("y_to_x", f, None)], const)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("mode", ["half_pixel", "pytorch_half_pixel", "align_corners"])
+def test_integer_upsampling_by_constant_scales_computes_the_same(mode):
+    graph = _dynamic_upsampling(mode)
+    fused, counts = apply_rewrites(graph, "onnxruntime")
+    assert counts == {"resize_by_constant_scales": 1}
+    rewritten = [n for n in fused.graph.node if n.op_type == "Resize" and len(n.input) == 3]
+    assert len(rewritten) == 1 and rewritten[0].output[0] == "x_up"
+    assert {a.s.decode() for a in rewritten[0].attribute if a.name == "coordinate_transformation_mode"} == \
+        {"align_corners" if mode == "align_corners" else "half_pixel"}
+    rng = np.random.RandomState(3)
+    for hw, other in (((3, 5), (7, 4)), ((1, 6), (4, 9))):  # a length-1 axis too
+        feed = {"x": rng.randn(2, 2, *hw).astype(np.float32), "y": rng.randn(2, 2, *other).astype(np.float32)}
+        for got, want in zip(run_all(fused, feed), run_all(graph, feed)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    _, counts = apply_rewrites(graph, "tensorrt")
+    assert not FUSIONS & set(counts)
+
+
+def run_all(graph: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    with OnnxRuntimeRunner(graph.SerializeToString(), threads=1) as runner:
+        outputs = runner.infer(feed)
+        return [outputs[o.name] for o in graph.graph.output]

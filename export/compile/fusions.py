@@ -7,6 +7,9 @@ TensorRT's own fusions and the op-table checks.
 """
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -190,5 +193,84 @@ def fold_channel_linear_into_pointwise_conv(graph: gs.Graph) -> int:
         b = Builder(graph, f"{conv.name}/folded")
         conv.inputs = [forth.inputs[0], b.const(folded[:, :, None, None], weight.dtype),
                        b.const(new_bias.astype(weight.dtype), weight.dtype)]
+        count += 1
+    return count
+
+
+# Names in the dimension expressions of ONNX Runtime's symbolic shape inference that are functions, not dims.
+_SYMPY_FUNCTIONS = {"floor", "ceiling", "Max", "Min", "Mod", "Abs", "Float", "Integer", "Rational"}
+
+
+def _integer_ratios(graph: gs.Graph) -> dict[str, list[int]]:
+    """For each linear Resize by ``sizes`` whose output is provably an integer multiple of its input along
+    each spatial axis for every input size the graph accepts, those multiples, by the Resize's output.
+
+    The exporter names each dynamic dimension with its own symbol (a stride-32 map's height is ``s39``, the
+    input's ``32*h``), so the ratio is found by ONNX Runtime's symbolic shape inference, which carries the
+    input's symbols through every node (``floor(8*h - 1/4) + 1``), solved by sympy with the symbols taken as
+    positive integers."""
+    import sympy
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    candidates = [n for n in nodes_of(graph, "Resize") if _linear_resize(n) and "axes" not in n.attrs
+                  and len(n.inputs) == 4 and n.inputs[3].name and not isinstance(n.inputs[3], gs.Constant)]
+    if not candidates:
+        return {}
+    copy = graph.copy()
+    copy.cleanup().toposort()
+    model = gs.export_onnx(copy)
+    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # a graph it cannot follow keeps its sizes: nothing is rewritten
+        return {}
+    finally:
+        logger.setLevel(level)
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+              if v.type.tensor_type.HasField("shape")}
+
+    def expression(dim, symbols: dict):
+        for name in re.findall(r"[A-Za-z_]\w*", str(dim)):
+            if name not in _SYMPY_FUNCTIONS:
+                symbols.setdefault(name, sympy.Symbol(name, integer=True, positive=True))
+        return sympy.sympify(str(dim), locals=symbols)
+
+    found = {}
+    for node in candidates:
+        src, out = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
+        if not src or not out or len(src) != 4 or len(out) != 4 or any(d in ("", 0) for d in src + out):
+            continue
+        symbols: dict = {}
+        try:
+            ratios = [sympy.simplify(expression(o, symbols) / expression(i, symbols)) for i, o in zip(src, out)]
+        except (TypeError, ValueError, SyntaxError, sympy.SympifyError):  # a dimension sympy cannot read
+            continue
+        if ratios[:2] == [1, 1] and all(r.is_Integer and r >= 1 for r in ratios[2:]):
+            found[node.outputs[0].name] = [int(r) for r in ratios[2:]]
+    return found
+
+
+@register_rewrite("onnxruntime")
+def resize_by_constant_scales(graph: gs.Graph) -> int:
+    """A linear Resize to ``sizes`` that are, for every accepted input size, an integer multiple of its input's
+    spatial size (the decoders' x2/x4/x8 upsamplings, computed at run time from the shapes under dynamic H and
+    W) is the same Resize by constant ``scales``; ``pytorch_half_pixel`` is then ``half_pixel`` (the two differ
+    only where an output length is 1 and its input's is not, which an integer scale never gives). ONNX Runtime
+    runs only that form in its blocked NCHWc layout (its NCHWc transformer's Resize rule needs constant
+    integer scales and a mode other than pytorch_half_pixel): without it every upsampling reorders its input
+    out of and back into the convolutions' layout and runs the plain kernel."""
+    ratios_of, count = _integer_ratios(graph), 0
+    for node in nodes_of(graph, "Resize"):
+        ratios = ratios_of.get(node.outputs[0].name)
+        if ratios is None:
+            continue
+        b = Builder(graph, f"{node.name or node.outputs[0].name}/by_scales")
+        node.inputs = [node.inputs[0], node.inputs[1] if node.inputs[1].name else gs.Variable.empty(),
+                       b.const([1.0, 1.0, *map(float, ratios)], np.float32)]
+        if node.attrs.get("coordinate_transformation_mode") == "pytorch_half_pixel":
+            node.attrs["coordinate_transformation_mode"] = "half_pixel"
         count += 1
     return count
