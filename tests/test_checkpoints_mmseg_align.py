@@ -321,6 +321,9 @@ def test_every_family_that_takes_the_option_resizes_with_it():
     takes = sorted(n for n, s in MODELS.items() if s.takes_align_corners)
     assert {get_spec(n).family for n in takes} == {"fcn", "pspnet", "ccnet", "nonlocal", "gcnet", "danet", "ann",
                                                     "psanet", "encnet"}
+    for name in takes:  # shapes only
+        with torch.device("meta"):
+            assert create_model(name, num_classes=19, align_corners=True).align_corners, name
     images = torch.randn(1, 3, 40, 48)
     for name in ("fcn_r18_v1c", "pspnet_r18_v1c", "encnet_r50"):
         kwargs = get_spec(name).test_kwargs
