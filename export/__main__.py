@@ -125,7 +125,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from models import MODELS, create_model
 
     from .compile.checkpoints import read_checkpoint
-    from .compile.weights import import_weights
+    from .compile.weights import import_weights, resolve_align_corners
 
     if args.model not in MODELS:
         raise UserError(f"--model: unknown model {args.model!r}; known: {' '.join(sorted(MODELS))}")
@@ -134,21 +134,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     if checkpoint.classes is not None and len(checkpoint.classes) != num_classes:
         raise UserError(f"--num-classes {num_classes}, but {checkpoint.path} was trained for "
                         f"{len(checkpoint.classes)} classes; leave --num-classes out to take the checkpoint's")
-    model = create_model(args.model, num_classes=num_classes)
+    align_corners = resolve_align_corners(args.model, None, checkpoint)
+    model = create_model(args.model, num_classes=num_classes, align_corners=align_corners)
     report = import_weights(model, args.model, checkpoint, f"{args.model} with num_classes={num_classes}")
     print(f"{checkpoint.path}: {args.model}, {num_classes} classes"
           + (f" ({', '.join(checkpoint.classes[:4])}, ...)" if checkpoint.classes else " (no class names in it)"))
     for line in report.lines():
         print("  " + line)
+    print(f"  align_corners: {align_corners}, " + (
+        f"from the file's config ({checkpoint.align_corners_from}): the model resizes as the source's"
+        if checkpoint.align_corners is not None else
+        "the default: the file carries no config that says (models[].align_corners in pipeline.yaml sets it)"))
     if args.out:
         from engines.manifest import atomic_write  # never leaves a half-written file behind
 
         meta = {"classes": checkpoint.classes, "palette": checkpoint.palette, "source": str(checkpoint.path),
-                "layout": report.layout, "names": report.names}
+                "layout": report.layout, "names": report.names,
+                "align_corners": checkpoint.align_corners}  # None where the file did not say, as the classes
         buffer = io.BytesIO()
         torch.save({"state_dict": model.state_dict(), "segdeploy": meta}, buffer)
         atomic_write(Path(args.out), buffer.getvalue())
-        print(f"wrote {args.out}: set models[].weights to it (num_classes, classes and palette come with it)")
+        print(f"wrote {args.out}: set models[].weights to it (num_classes, classes, palette and align_corners come "
+              "with it)")
     return 0
 
 

@@ -54,6 +54,10 @@ class ModelConfig:
     # A checkpoint (state dict, mmseg .pth, Hugging Face folder or .safetensors, hf:<repo id> from the local
     # cache; export/compile/checkpoints.py); None: deterministic random initialisation from `seed`
     weights: Optional[str] = None
+    # The bilinear resizes' align_corners (mmseg's decode-head option; its Cityscapes *_769x769_* configs set
+    # true). None: the checkpoint's config's where it carries one, else false; a value that disagrees with it is
+    # an error, and true is taken only by the families that have such files (ModelSpec.takes_align_corners).
+    align_corners: Optional[bool] = None
     seed: int = 0
     input: InputSize = field(default_factory=InputSize)
     mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB, 0-255 scale
@@ -285,7 +289,7 @@ def _validate(p: Pipeline) -> None:
             raise UserError(f"{where}.input: need min <= size <= max in each dimension, got {lo}, {opt}, {hi}")
         if len(m.mean) != 3 or len(m.std) != 3 or min(m.std) <= 0:
             raise UserError(f"{where}: mean and std need 3 values (RGB) and std > 0")
-        _classes_from_weights(m, p)
+        _from_weights(m, p)
         if m.classes is not None and len(m.classes) != m.num_classes:
             raise UserError(f"{where}.classes: {len(m.classes)} names for num_classes {m.num_classes}")
         if m.palette is not None and (len(m.palette) != m.num_classes or any(len(c) != 3 for c in m.palette)):
@@ -297,11 +301,14 @@ def _validate(p: Pipeline) -> None:
                             f"(at most {MAX_CLASSES}); set embed_pre_post: false")
 
 
-def _classes_from_weights(m: ModelConfig, pipeline: Pipeline) -> None:
-    """Fill num_classes, classes and palette that pipeline.yaml leaves out from the checkpoint where it
-    carries them; with neither, 19 classes (Cityscapes')."""
-    if m.weights is not None and (m.num_classes is None or m.classes is None or m.palette is None):
-        from .compile.checkpoints import read_checkpoint  # torch and the models, only for such weights
+def _from_weights(m: ModelConfig, pipeline: Pipeline) -> None:
+    """Fill num_classes, classes, palette and align_corners that pipeline.yaml leaves out from the checkpoint
+    where it carries them; with neither, 19 classes (Cityscapes') and align_corners false."""
+    from .compile.weights import resolve_align_corners  # torch and the models, only when validating
+
+    checkpoint = None
+    if m.weights is not None and None in (m.num_classes, m.classes, m.palette, m.align_corners):
+        from .compile.checkpoints import read_checkpoint
 
         ref = m.weights if m.weights.startswith("hf:") else str(pipeline.resolve(m.weights))
         checkpoint = read_checkpoint(ref)
@@ -316,6 +323,8 @@ def _classes_from_weights(m: ModelConfig, pipeline: Pipeline) -> None:
                 m.palette = checkpoint.palette
     if m.num_classes is None:
         m.num_classes = len(m.classes) if m.classes is not None else 19
+    # An explicit value is checked against the checkpoint where the model is built (load_model), as the classes.
+    m.align_corners = resolve_align_corners(m.name, m.align_corners, checkpoint)
 
 
 def load_pipeline(path: str | Path) -> Pipeline:

@@ -159,21 +159,21 @@ MMSEG_KEYS = KeyMap("mmseg", (
 
 
 @register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ann_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """ANN, dilated ResNet-50 (output stride 8), AFNB on stages 3-4 and APNB, pyramid-sampled keys (S = 110)."""
     return _ann(DEPTHS[50], num_classes, **kwargs)
 
 
 @register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ann_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """ANN on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its ann_r50-d8 checkpoints load here."""
     return _ann(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
 @register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ann_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """ANN on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its ann_r101-d8 checkpoints load here."""
     return _ann(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

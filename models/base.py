@@ -55,7 +55,9 @@ class SegmentationModel(nn.Module):
 
     ``forward(images)`` returns logits ``(N, num_classes, H, W)``. ``forward(images, return_aux=True)``
     also returns the auxiliary heads' logits (each upsampled to the input size), for training.
-    ``aux_indices[i]`` says which backbone feature ``aux_heads[i]`` reads.
+    ``aux_indices[i]`` says which backbone feature ``aux_heads[i]`` reads. ``align_corners``: the upsampling's
+    (mmsegmentation's segmentor resizes the logits with its decode head's option, False unless a config sets it:
+    mmseg/models/segmentors/encoder_decoder.py, 0.x; decode_head.py ``predict_by_feat``, 1.x).
     """
 
     def __init__(
@@ -65,11 +67,13 @@ class SegmentationModel(nn.Module):
         num_classes: int,
         aux_heads: list[nn.Module] | None = None,
         aux_indices: list[int] | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.num_classes = num_classes
+        self.align_corners = align_corners
         self.aux_heads = nn.ModuleList(aux_heads or [])
         self.aux_indices = list(aux_indices or [])
         if len(self.aux_heads) != len(self.aux_indices):
@@ -78,11 +82,12 @@ class SegmentationModel(nn.Module):
     def forward(self, images: torch.Tensor, return_aux: bool = False):
         size = images.shape[-2:]
         features = self.backbone(images)
-        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        logits = self.upsample_logits(self.head(features), size)
         if not return_aux:
             return logits
-        aux = [
-            F.interpolate(h(features[i]), size=size, mode="bilinear", align_corners=False)
-            for h, i in zip(self.aux_heads, self.aux_indices)
-        ]
+        aux = [self.upsample_logits(h(features[i]), size) for h, i in zip(self.aux_heads, self.aux_indices)]
         return logits, aux
+
+    def upsample_logits(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """(B, K, h, w) -> (B, K, *size): bilinear, with the model's ``align_corners``."""
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)

@@ -67,28 +67,28 @@ MMSEG_KEYS = KeyMap("mmseg", (
 
 
 @register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
-                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,))
+                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ccnet(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-50 backbone (output stride 8), RCCA head with R = 2."""
     return _ccnet(DEPTHS[50], num_classes, **kwargs)
 
 
 @register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
-                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,))
+                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ccnet_r101(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet, ResNet-101 backbone (output stride 8), RCCA head with R = 2: the paper's configuration."""
     return _ccnet(DEPTHS[101], num_classes, **kwargs)
 
 
 @register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C,
-                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,))
+                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ccnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its ccnet_r50-d8 checkpoints load here."""
     return _ccnet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
 @register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C,
-                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,))
+                custom_ops=("criss_cross_attention",), checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def ccnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """CCNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its ccnet_r101-d8 checkpoints load here."""
     return _ccnet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

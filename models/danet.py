@@ -125,19 +125,22 @@ MMSEG_KEYS = KeyMap("mmseg", (
     note="mmsegmentation DAHead on ResNetV1c (configs/_base_/models/danet_r50-d8.py)")
 
 
-@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def danet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """DANet, dilated ResNet-50 (output stride 8), position and channel attention head."""
     return _danet(DEPTHS[50], num_classes, **kwargs)
 
 
-@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def danet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """DANet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its danet_r50-d8 checkpoints load here."""
     return _danet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
-@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("danet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def danet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """DANet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its danet_r101-d8 checkpoints load here."""
     return _danet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -106,12 +106,15 @@ class EncHead(nn.Module):
 class EncNet(SegmentationModel):
     """Dilated ResNet + EncHead. ``aux_heads``: the FCN head on stage 3 (``aux_indices[0]``) and the SE-loss
     layer, which reads the head's encoded vector instead of a backbone feature (so it has no aux index).
-    ``forward(images, return_aux=True)`` returns (logits, [FCN logits at the input size, SE logits (B, K)])."""
+    ``forward(images, return_aux=True)`` returns (logits, [FCN logits at the input size, SE logits (B, K)]).
+    ``align_corners``: the upsampling's (mmseg's EncHead resizes inside only with ``add_lateral``, which its
+    configs leave off: enc_head.py)."""
 
-    def __init__(self, backbone: ResNet, num_classes: int, channels: int = 512, num_codes: int = 32) -> None:
+    def __init__(self, backbone: ResNet, num_classes: int, channels: int = 512, num_codes: int = 32,
+                 align_corners: bool = False) -> None:
         head = EncHead(backbone.out_channels[-1], num_classes, channels, num_codes)
         aux = FCNHead(backbone.out_channels[2], num_classes, channels // 2)
-        super().__init__(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2])
+        super().__init__(backbone, head, num_classes, aux_heads=[aux], aux_indices=[2], align_corners=align_corners)
         self.aux_heads.append(nn.Linear(channels, num_classes))  # the SE-loss layer
 
     def forward(self, images: torch.Tensor, return_aux: bool = False):
@@ -121,8 +124,8 @@ class EncNet(SegmentationModel):
         features = self.backbone(images)
         logits, encoded = self.head.forward_with_encoding(features)
         fcn, se_layer = self.aux_heads
-        upsample = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        return upsample(logits), [upsample(fcn(features[self.aux_indices[0]])), se_layer(encoded)]
+        return (self.upsample_logits(logits, size),
+                [self.upsample_logits(fcn(features[self.aux_indices[0]]), size), se_layer(encoded)])
 
 
 def _encnet(depth: int, num_classes: int, base_width: int = 64, stem_width: int = 64, **kwargs) -> EncNet:
@@ -149,19 +152,22 @@ MMSEG_KEYS = KeyMap("mmseg", (
 ), note="mmsegmentation EncHead on ResNetV1c (configs/_base_/models/encnet_r50-d8.py)")
 
 
-@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def encnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """EncNet, dilated ResNet-50 with the deep stem (output stride 8), 32 codewords."""
     return _encnet(50, num_classes, **kwargs)
 
 
-@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def encnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """EncNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its encnet_r50-d8 checkpoints load here."""
     return _encnet(50, num_classes, **{"stem_width": 32, **kwargs})
 
 
-@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def encnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """EncNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its encnet_r101-d8 checkpoints load
     here."""

@@ -134,7 +134,8 @@ MMSEG_KEYS = KeyMap("mmseg", (*MMSEG_DILATED_RESNET_KEYS, *MMSEG_CONTEXT_HEAD_KE
                     note="mmsegmentation FCNHead on ResNetV1c (configs/_base_/models/fcn_r50-d8.py)")
 
 
-@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_R18, checkpoints=(MMSEG_KEYS,))
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_R18,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def fcn_r18_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """mmsegmentation's FCN on dilated ResNetV1c-18 (its BasicBlock: only the first 3x3 conv dilated), heads
     128 and 64 wide: its fcn_r18-d8 checkpoints load here."""
@@ -142,14 +143,16 @@ def fcn_r18_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
                                                    "dilate_conv2": False, **kwargs})
 
 
-@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET, checkpoints=(MMSEG_KEYS,))
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def fcn_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """mmsegmentation's FCN: dilated ResNetV1c-50 (output stride 8, deep stem 32-32-64), FCNHead with two convs
     and the input concatenated: its fcn_r50-d8 checkpoints load here."""
     return _fcn_resnet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
-@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET, checkpoints=(MMSEG_KEYS,))
+@register_model("fcn", size_divisor=8, output_stride=8, test_kwargs=_NARROW_RESNET,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def fcn_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """mmsegmentation's FCN: dilated ResNetV1c-101 (output stride 8, deep stem 32-32-64), FCNHead with two convs
     and the input concatenated: its fcn_r101-d8 checkpoints load here."""

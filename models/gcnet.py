@@ -82,19 +82,22 @@ MMSEG_KEYS = KeyMap("mmseg", (
 ), note="mmsegmentation GCHead on ResNetV1c (configs/_base_/models/gcnet_r50-d8.py)")
 
 
-@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def gcnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """GCNet, dilated ResNet-50 (output stride 8), global context head (attention pooling, add fusion)."""
     return _gcnet(DEPTHS[50], num_classes, **kwargs)
 
 
-@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def gcnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """GCNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its gcnet_r50-d8 checkpoints load here."""
     return _gcnet(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
-@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def gcnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """GCNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its gcnet_r101-d8 checkpoints load here."""
     return _gcnet(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

@@ -84,20 +84,23 @@ MMSEG_KEYS = KeyMap("mmseg", (
 ), note="mmsegmentation NLHead on ResNetV1c (configs/_base_/models/nonlocal_r50-d8.py)")
 
 
-@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def nonlocal_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """Non-local network, dilated ResNet-50 (output stride 8), embedded-Gaussian non-local head."""
     return _nonlocal(DEPTHS[50], num_classes, **kwargs)
 
 
-@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def nonlocal_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """Non-local network on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its nonlocal_r50-d8 checkpoints
     load here."""
     return _nonlocal(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
 
 
-@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW, checkpoints=(MMSEG_KEYS,))
+@register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW,
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def nonlocal_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """Non-local network on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its nonlocal_r101-d8
     checkpoints load here."""

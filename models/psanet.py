@@ -53,7 +53,9 @@ class PointwiseSpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value = self.reduce(x)  # (B, C, H, W)
         # mmseg shrinks to floor(H / 2) with align_corners=False, except when H and W are both odd; one rule
-        # here (mmseg's for every size with an even side), since a dynamic graph cannot branch on parity.
+        # here (mmseg's for every size with an even side), since a dynamic graph cannot branch on parity. The
+        # parity, not the head's align_corners option, picks the mode (psa_head.py, PSAHead.forward): with
+        # shrink_factor 2, mmseg's option reaches only the model's final upsampling, as here.
         h, w = value.shape[-2] // self.shrink_factor, value.shape[-1] // self.shrink_factor
         value = F.interpolate(value, size=(h, w), mode="bilinear", align_corners=False)  # (B, C, h, w)
         logits = psa_mask(self.attention(value), *self.mask_size, self.distribute)  # (B, hw, h, w)
@@ -120,7 +122,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def psanet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet, ResNet-50 backbone (output stride 8), bi-directional PSA head with mmseg's Cityscapes 97 x 97
     window."""
@@ -128,7 +130,7 @@ def psanet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def psanet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
     and VOC12+Aug psanet_r50-d8 checkpoints load here."""
@@ -136,7 +138,7 @@ def psanet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def psanet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64), 97 x 97 window: its Cityscapes
     and VOC12+Aug psanet_r101-d8 checkpoints load here."""
@@ -154,7 +156,7 @@ _ADE20K_MASK = (66, 66)
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def psanet_r50_v1c_ade20k(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-50 with its ADE20K 66 x 66 window: its ADE20K psanet_r50-d8
     checkpoints (150 classes) load here."""
@@ -162,7 +164,7 @@ def psanet_r50_v1c_ade20k(num_classes: int = 19, **kwargs) -> nn.Module:
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def psanet_r101_v1c_ade20k(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSANet on mmsegmentation's ResNetV1c-101 with its ADE20K 66 x 66 window: its ADE20K psanet_r101-d8
     checkpoints (150 classes) load here."""

@@ -23,13 +23,15 @@ from .registry import register_model
 
 
 def _pspnet(depth: int, num_classes: int, head_channels: int | None = None, aux_channels: int | None = None,
-            **backbone) -> nn.Module:
+            align_corners: bool = False, **backbone) -> nn.Module:
     def head(channels: list[int]) -> PSPHead:
-        return PSPHead(channels[-1], num_classes, head_channels)  # by default 512 channels per level on 2048
+        # by default 512 channels per level on 2048; the pyramid resizes with the model's align_corners, as mmseg's
+        return PSPHead(channels[-1], num_classes, head_channels, align_corners=align_corners)
 
     if aux_channels is None:
         aux_channels = 256 * backbone.get("base_width", 64) // 64  # 256 on 1024
-    return dilated_resnet_model(DEPTHS[depth], num_classes, head, aux_channels, **backbone)
+    return dilated_resnet_model(DEPTHS[depth], num_classes, head, aux_channels, align_corners=align_corners,
+                                **backbone)
 
 
 # Numerical tests: a quarter of the widths; every block kept.
@@ -55,21 +57,21 @@ MMSEG_KEYS = KeyMap("mmseg", (
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def pspnet_r50(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet, dilated ResNet-50 (output stride 8), pyramid pooling with bins 1, 2, 3, 6."""
     return _pspnet(50, num_classes, **kwargs)
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def pspnet_r101(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet, dilated ResNet-101 (output stride 8), pyramid pooling with bins 1, 2, 3, 6."""
     return _pspnet(101, num_classes, **kwargs)
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_R18, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def pspnet_r18_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet on mmsegmentation's ResNetV1c-18 (deep stem 32-32-64; its BasicBlock dilates only the first 3x3
     conv), pyramid levels and fusion 128 wide, auxiliary head 64: its pspnet_r18-d8 checkpoints load here."""
@@ -78,14 +80,14 @@ def pspnet_r18_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def pspnet_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its pspnet_r50-d8 checkpoints load here."""
     return _pspnet(50, num_classes, **{"stem_width": 32, **kwargs})
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW_V1C, custom_ops=("adaptive_avg_pool",),
-                checkpoints=(MMSEG_KEYS,))
+                checkpoints=(MMSEG_KEYS,), takes_align_corners=True)
 def pspnet_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PSPNet on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its pspnet_r101-d8 checkpoints load here."""
     return _pspnet(101, num_classes, **{"stem_width": 32, **kwargs})

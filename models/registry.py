@@ -28,7 +28,10 @@ class ModelSpec:
     stride (valid convolutions, window-by-window classification), so stride cannot be measured on them and
     the family's tests check its size arithmetic instead. ``checkpoints``: the key-mapping tables
     (``models.keymaps.KeyMap``) of the checkpoint layouts trained elsewhere that load into this variant.
-    Tests check all of these against the network.
+    ``takes_align_corners``: the builder takes ``align_corners=True``, mmsegmentation's decode-head option (its
+    Cityscapes ``*_769x769_*`` configs set it), and then resizes as mmseg does with it: the final upsampling of
+    the logits and every resize inside the head that mmseg's head makes with that option. Every variant takes
+    ``align_corners=False`` through ``create_model``. Tests check all of these against the network.
     """
 
     name: str
@@ -42,6 +45,7 @@ class ModelSpec:
     custom_ops: tuple[str, ...] = ()
     maps_follow_input: bool = True
     checkpoints: tuple = ()
+    takes_align_corners: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -49,7 +53,8 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = True, description: str = "",
                    test_kwargs: dict | None = None, output_stride: int | None = None,
-                   custom_ops: tuple[str, ...] = (), maps_follow_input: bool = True, checkpoints: tuple = ()):
+                   custom_ops: tuple[str, ...] = (), maps_follow_input: bool = True, checkpoints: tuple = (),
+                   takes_align_corners: bool = False):
     """Register a variant builder under its function name: ``@register_model("segformer")``."""
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -58,7 +63,7 @@ def register_model(family: str, *, size_divisor: int = 32, dynamic_hw: bool = Tr
             raise ValueError(f"model {name!r} is registered twice ({MODELS[name].builder.__module__} and {fn.__module__})")
         MODELS[name] = ModelSpec(name, family, fn, size_divisor, dynamic_hw, description or (fn.__doc__ or "").strip(),
                                  dict(test_kwargs or {}), output_stride, tuple(custom_ops), maps_follow_input,
-                                 tuple(checkpoints))
+                                 tuple(checkpoints), takes_align_corners)
         return fn
 
     return decorator
@@ -72,8 +77,19 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered variant with fresh (untrained) weights."""
-    return get_spec(name).builder(**kwargs)
+    """Build a registered variant with fresh (untrained) weights. ``align_corners`` (default False) is taken
+    by every variant; True only by those whose spec says ``takes_align_corners``, else a ValueError."""
+    spec = get_spec(name)
+    if not spec.takes_align_corners and "align_corners" in kwargs:
+        if kwargs.pop("align_corners"):
+            raise ValueError(f"{name} resizes with align_corners=False only; align_corners=True is taken by the "
+                             f"{', '.join(align_corners_families())} variants")
+    return spec.builder(**kwargs)
+
+
+def align_corners_families() -> list[str]:
+    """The families with variants that take ``align_corners=True``."""
+    return sorted({s.family for s in MODELS.values() if s.takes_align_corners})
 
 
 def list_models() -> list[ModelSpec]:

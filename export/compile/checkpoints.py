@@ -5,7 +5,8 @@
 - a Hugging Face model folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), one of
   its ``.safetensors`` files, or ``hf:<repo id>`` resolved in the local Hugging Face cache only;
 - an mmsegmentation / mmengine checkpoint (``state_dict`` + ``meta``: ``meta.dataset_meta`` in 1.x,
-  ``meta.CLASSES`` / ``meta.PALETTE`` in 0.x);
+  ``meta.CLASSES`` / ``meta.PALETTE`` in 0.x; the training config's text, ``meta.cfg`` in 1.x and
+  ``meta.config`` in 0.x, says the decode head's ``align_corners``, read as text and never executed);
 - CoinCheung/BiSeNet's files and this project's own, plain state dicts.
 
 ``.pth``/``.pt``/``.bin`` files load with ``torch.load(weights_only=True)``: tensors and plain containers
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +35,19 @@ from models.keymaps import KeyMap, MappedState, apply_key_map
 
 from ..errors import UserError
 
-# What converts a checkpoint this loader refuses, on a machine where its source is installed and trusted.
-CONVERT_COMMAND = ("python -c \"import torch; c = torch.load('IN.pth', weights_only=False); "
-                   "torch.save({'state_dict': c['state_dict'], 'meta': {'dataset_meta': c.get('meta', {})"
-                   ".get('dataset_meta')}}, 'OUT.pth')\"")
+# What converts a checkpoint this loader refuses, on a machine where its source is installed and trusted: the
+# weights, the classes and palette (1.x dataset_meta, 0.x CLASSES / PALETTE) and the config text (1.x cfg, 0.x
+# config: the decode head's align_corners is read from it), all plain data.
+CONVERT_COMMAND = ("python -c \"import torch; c = torch.load('IN.pth', weights_only=False); m = c.get('meta') or {}; "
+                   "torch.save({'state_dict': c['state_dict'], 'meta': {k: m[k] for k in ('dataset_meta', 'CLASSES', "
+                   "'PALETTE', 'cfg', 'config') if k in m}}, 'OUT.pth')\"")
 
 
 @dataclass
 class Checkpoint:
-    """Tensors of a checkpoint and the metadata it carries. ``layout``: what the file was recognised as."""
+    """Tensors of a checkpoint and the metadata it carries. ``layout``: what the file was recognised as.
+    ``align_corners``: the decode head's, as the file's config says it (None: the file carries no config that
+    says), and ``align_corners_from`` where it was read (``meta.cfg``, ``meta.config``, ``segdeploy``)."""
 
     path: Path
     layout: str  # 'huggingface', 'mmseg', 'state dict'
@@ -49,6 +55,8 @@ class Checkpoint:
     classes: list[str] | None = None
     palette: list[list[int]] | None = None
     notes: list[str] = field(default_factory=list)
+    align_corners: bool | None = None
+    align_corners_from: str | None = None
 
 
 def read_checkpoint(ref: str | Path, base: Path | None = None) -> Checkpoint:
@@ -184,15 +192,72 @@ def _from_container(path: Path, obj) -> Checkpoint:
         dataset = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
         classes = dataset.get("classes", meta.get("CLASSES"))
         palette = dataset.get("palette", meta.get("PALETTE"))
-        return Checkpoint(path, "mmseg", _tensors(path, obj["state_dict"]), _names(classes), _colours(palette))
+        checkpoint = Checkpoint(path, "mmseg", _tensors(path, obj["state_dict"]), _names(classes), _colours(palette))
+        for key in ("cfg", "config"):  # mmengine Runner.save_checkpoint; mmseg 0.x tools/train.py (mmcv runner)
+            text = meta.get(key)
+            found = config_align_corners(text) if isinstance(text, str) else None
+            if found is not None:
+                checkpoint.align_corners, checkpoint.align_corners_from = found, f"meta.{key}"
+                break
+        return checkpoint
     if isinstance(obj.get("segdeploy"), dict) and isinstance(obj.get("state_dict"), dict):  # `export import`
         meta = obj["segdeploy"]
+        found = meta.get("align_corners") if isinstance(meta.get("align_corners"), bool) else None
         return Checkpoint(path, "state dict", _tensors(path, obj["state_dict"]), _names(meta.get("classes")),
-                          _colours(meta.get("palette")))
+                          _colours(meta.get("palette")), align_corners=found,
+                          align_corners_from="segdeploy" if found is not None else None)
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), dict):
             return Checkpoint(path, "state dict", _tensors(path, obj[key]))
     return Checkpoint(path, "state dict", _tensors(path, obj))
+
+
+# ------------------------------------------------------------------------------------------- config text
+
+# A key as mmengine's and mmcv's Config.pretty_text write it: ``key=value``, or ``'key': value`` in a dict whose
+# keys are not all identifiers (mmengine/config/config.py, pretty_text: _format_basic_types, _format_dict).
+_KEY = r"(?:\b{0}\s*=|['\"]{0}['\"]\s*:)\s*"
+
+
+def config_align_corners(text: str) -> bool | None:
+    """The decode head's ``align_corners`` in an mmseg config's text (``Config.pretty_text``, what mmseg 0.x and
+    mmengine store in a checkpoint, or a config file as written): True where the ``decode_head`` entry, or any head
+    of a cascade's list, sets ``align_corners=True``; False where it sets False or none (BaseDecodeHead's
+    default); None where the text has no ``decode_head``. The text is searched, never executed. mmseg's own
+    model options are nowhere else: its EncoderDecoder takes ``self.align_corners`` from the decode head
+    (mmseg/models/segmentors/encoder_decoder.py) and the auxiliary heads' serve training only."""
+    head = re.search(_KEY.format("decode_head"), text)
+    span = _bracketed(text, head.end()) if head else None
+    if span is None:
+        return None
+    values = re.findall(_KEY.format("align_corners") + r"(True|False)\b", span)
+    return "True" in values
+
+
+def _bracketed(text: str, start: int) -> str | None:
+    """The bracketed expression (``dict(...)``, ``[...]``, ``{...}``) that starts at ``start``, brackets inside
+    string literals skipped; None where none starts there or it does not close."""
+    match = re.compile(r"(?:dict)?\s*([(\[{])").match(text, start)
+    if match is None:
+        return None
+    depth, quote, i = 0, None, match.start(1)
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return text[match.start(1):i + 1]
+        i += 1
+    return None
 
 
 def _tensors(path: Path, state: dict) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engines.manifest import sha256_file
-from models import create_model, get_spec, list_models, training_only_keys
+from models import align_corners_families, create_model, get_spec, list_models, training_only_keys
 from models.keymaps import KeyMap, MappedState
 
 from ..config import ModelConfig, Pipeline
@@ -57,14 +57,33 @@ def weights_ref(cfg: ModelConfig, pipeline: Pipeline) -> str:
 
 def load_model(cfg: ModelConfig, pipeline: Pipeline) -> tuple[torch.nn.Module, str]:
     """The model with its weights, and the weights' hash. No weights file: random init from ``cfg.seed``."""
+    checkpoint = None if cfg.weights is None else read_checkpoint(weights_ref(cfg, pipeline))
+    align_corners = resolve_align_corners(cfg.name, cfg.align_corners, checkpoint)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.name, num_classes=cfg.num_classes)
-    if cfg.weights is None:
+    model = create_model(cfg.name, num_classes=cfg.num_classes, align_corners=align_corners)
+    if checkpoint is None:
         return model.eval(), f"random-init:seed={cfg.seed}"
-    checkpoint = read_checkpoint(weights_ref(cfg, pipeline))
     check_classes(cfg, checkpoint)
     import_weights(model, cfg.name, checkpoint, f"{cfg.name} with num_classes={cfg.num_classes}")
     return model.eval(), sha256_file(checkpoint.path)
+
+
+def resolve_align_corners(name: str, wanted: bool | None, checkpoint: Checkpoint | None) -> bool:
+    """The ``align_corners`` the variant ``name`` is built with: ``wanted`` (pipeline.yaml's
+    models[].align_corners), else the checkpoint's config's (mmseg's decode-head option), else False. A value that
+    disagrees with the checkpoint's config, or True for a variant that resizes with False only, is an error."""
+    found = checkpoint.align_corners if checkpoint is not None else None
+    if wanted is not None and found is not None and wanted != found:
+        raise UserError(f"{name}: pipeline.yaml says align_corners {str(wanted).lower()} but {checkpoint.path} was "
+                        f"trained with align_corners={found} (its config, {checkpoint.align_corners_from}); remove "
+                        "models[].align_corners to take the checkpoint's, or fix it")
+    value = bool(found) if wanted is None else wanted
+    if value and not get_spec(name).takes_align_corners:
+        asked = ("pipeline.yaml says align_corners true" if wanted else
+                 f"{checkpoint.path} was trained with align_corners=True (its config, {checkpoint.align_corners_from})")
+        raise UserError(f"{name}: {asked}, but {name} resizes with align_corners=False only, so its outputs would "
+                        f"differ; the families that take true: {', '.join(align_corners_families())}")
+    return value
 
 
 def check_classes(cfg: ModelConfig, checkpoint: Checkpoint) -> None:

@@ -50,14 +50,16 @@ class ContextHead(nn.Module):
 def dilated_resnet_model(layers: tuple[int, int, int, int], num_classes: int,
                          head: Callable[[list[int]], nn.Module], aux_channels: int = 256,
                          base_width: int = 64, stem_width: int = 64,
-                         block: type[BasicBlock | Bottleneck] = Bottleneck, dilate_conv2: bool = True
-                         ) -> SegmentationModel:
+                         block: type[BasicBlock | Bottleneck] = Bottleneck, dilate_conv2: bool = True,
+                         align_corners: bool = False) -> SegmentationModel:
     """ResNet (``layers`` of ``block``, deep stem, output stride 8) -> ``head(backbone.out_channels)``, with the
-    FCN auxiliary head (``aux_channels`` wide) on stage 3. ``dilate_conv2`` as ``ResNet``'s."""
+    FCN auxiliary head (``aux_channels`` wide) on stage 3. ``dilate_conv2`` as ``ResNet``'s. ``align_corners``:
+    the final upsampling's (SegmentationModel); a head that resizes inside takes it from its family's builder."""
     backbone = ResNet(layers, output_stride=8, deep_stem=True, stem_width=stem_width, base_width=base_width,
                       block=block, dilate_conv2=dilate_conv2)
     aux = FCNHead(backbone.out_channels[2], num_classes, aux_channels)  # deep supervision on stage 3
-    return SegmentationModel(backbone, head(backbone.out_channels), num_classes, aux_heads=[aux], aux_indices=[2])
+    return SegmentationModel(backbone, head(backbone.out_channels), num_classes, aux_heads=[aux], aux_indices=[2],
+                             align_corners=align_corners)
 
 
 # mmsegmentation's *_r50-d8 / *_r101-d8 models: ResNetV1c and an auxiliary FCNHead (num_convs=1) on stage 3

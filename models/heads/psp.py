@@ -13,7 +13,9 @@ size (PyTorch's bin i along a side of n spans floor(i * n / b) .. ceil((i + 1) *
 AveragePool cannot express: exporters bake the windows of the traced size (mmdeploy bakes kernel = in // out;
 torch.onnx's dynamo exporter likewise, see tests/test_head_psp.py). All pooling therefore goes through
 ``adaptive_avg_pool``, the one place a custom op with an exact lowering can take over. The upsampling uses
-``align_corners=False`` (mmsegmentation's default; hszhao/semseg used True), whose Resize TensorRT runs directly.
+``align_corners=False`` by default (mmsegmentation's default; hszhao/semseg used True) and ``align_corners=True``
+where asked (mmseg's PPM resizes with its head's option: mmseg/models/decode_heads/psp_head.py, ``PPM.forward``;
+its Cityscapes 769x769 configs set it); TensorRT runs either Resize directly.
 """
 from __future__ import annotations
 
@@ -37,13 +39,16 @@ def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
 class PyramidPoolingModule(nn.Module):
     """(B, C, h, w) -> (B, C + len(bins) * channels, h, w): the input and its pooled, reduced, upsampled
     pyramid levels, concatenated; the input first (PSPHead), or last (``input_first=False``: mmsegmentation's
-    ICNet, ``torch.cat(psp_modules(x) + [x])``, whose bottleneck's weights read that order)."""
+    ICNet, ``torch.cat(psp_modules(x) + [x])``, whose bottleneck's weights read that order). ``align_corners``:
+    the levels' upsampling."""
 
     def __init__(self, in_channels: int, channels: int, bins: tuple[int, ...] = BINS,
-                 norm_layer: type[nn.Module] = nn.BatchNorm2d, input_first: bool = True) -> None:
+                 norm_layer: type[nn.Module] = nn.BatchNorm2d, input_first: bool = True,
+                 align_corners: bool = False) -> None:
         super().__init__()
         self.bins = tuple(bins)
         self.input_first = input_first
+        self.align_corners = align_corners
         self.stages = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm_layer=norm_layer) for _ in self.bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +56,8 @@ class PyramidPoolingModule(nn.Module):
         levels = []
         for bins, stage in zip(self.bins, self.stages):
             pooled = stage(adaptive_avg_pool(x, bins))  # (B, channels, bins, bins)
-            levels.append(F.interpolate(pooled, size=size, mode="bilinear", align_corners=False))  # (B, channels, h, w)
+            levels.append(F.interpolate(pooled, size=size, mode="bilinear",
+                                        align_corners=self.align_corners))  # (B, channels, h, w)
         levels = [x, *levels] if self.input_first else [*levels, x]
         return torch.cat(levels, dim=1)  # (B, C + len(bins) * channels, h, w)
 
@@ -63,17 +69,19 @@ class PSPHead(nn.Module):
     ``channels`` is the width of every pyramid level and of the fusion conv; by default
     ``in_channels // len(bins)``, the paper's reduction of each level to 1/N of the input for N levels (a
     quarter for the four default bins: 512 on a ResNet's 2048 channels, as hszhao/semseg and mmsegmentation).
+    ``align_corners``: the pyramid's upsampling (PyramidPoolingModule).
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int | None = None, bins: tuple[int, ...] = BINS,
-                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+                 dropout: float = 0.1, norm_layer: type[nn.Module] = nn.BatchNorm2d,
+                 align_corners: bool = False) -> None:
         super().__init__()
         if channels is None:
             channels = in_channels // len(bins)
         if channels < 1:
             raise ValueError(f"PSPHead: channels={channels} (in_channels={in_channels}, {len(bins)} bins); "
                              f"pass channels >= 1")
-        self.ppm = PyramidPoolingModule(in_channels, channels, bins, norm_layer)
+        self.ppm = PyramidPoolingModule(in_channels, channels, bins, norm_layer, align_corners=align_corners)
         self.bottleneck = ConvNormAct(in_channels + len(self.ppm.bins) * channels, channels, 3, norm_layer=norm_layer)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
