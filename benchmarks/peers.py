@@ -21,8 +21,9 @@ same input (one check image, batch 1) and the same thread count:
 After ``--warmup`` untimed calls each, ``--iterations`` rounds follow; in each round every contender runs once,
 in an order rotated from round to round, so that drift on a shared machine hits all alike. Per contender: the
 median and p90 latency, the ratio of eager's median to its median (above 1: faster than eager), its pixel
-agreement with eager's class map on the input, and whether it is the fastest of its precision class (fp32,
-fp16, int8). Not a test: speeds go in this table, not in assertions.
+agreement with eager's class map on the input, its mIoU on the pipeline's labelled set (``accuracy.data``, the
+set the build's INT8 budget is held to; eager's is PyTorch's), and whether it is the fastest of its precision
+class (fp32, fp16, int8). Not a test: speeds go in this table, not in assertions.
 
 Idle threads wait without spinning in every runtime that lets one say so: the engines' ONNX Runtime sessions
 do (engines/onnxruntime.py), and PyTorch's OpenMP threads are told to by ``OMP_WAIT_POLICY=PASSIVE`` (unless
@@ -62,7 +63,9 @@ from export.compile.plugins import runnable_on_onnxruntime  # noqa: E402
 from export.compile.weights import load_model  # noqa: E402
 from export.config import ModelConfig, Pipeline, load_pipeline  # noqa: E402
 from export.errors import UserError  # noqa: E402
+from export.measure.metrics import label_miou  # noqa: E402
 from export.measure.samples import sample_inputs  # noqa: E402
+from export.measure.scoring import evaluation_set  # noqa: E402
 
 PEERS = ("eager", "inductor", "openvino", "ours")
 CLASSES = ("fp32", "fp16", "int8")  # precision classes, in table order
@@ -76,6 +79,7 @@ class Contender:
     precision: str  # its precision class
     graph: str | None = None  # the file it runs (None: the PyTorch model)
     call: Callable[[], np.ndarray] | None = None  # one inference on the fixed input; the output class map or logits
+    infer: Callable[[np.ndarray], np.ndarray] | None = None  # the same on any normalized (1, 3, H, W) image
     close: Callable[[], None] = lambda: None
     setup_s: float | None = None  # load or compile time
     status: str = "ok"  # ok | failed | not run
@@ -96,11 +100,11 @@ def class_map(output: np.ndarray) -> np.ndarray:
 
 # Contenders -------------------------------------------------------------------------------------------------
 def eager(model: torch.nn.Module, x: torch.Tensor) -> Contender:
-    def call():
+    def infer(image: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(x).numpy()
+            return model(torch.from_numpy(image)).numpy()
 
-    return Contender("PyTorch eager", "fp32", call=call)
+    return Contender("PyTorch eager", "fp32", call=lambda: infer(x.numpy()), infer=infer)
 
 
 def inductor(model: torch.nn.Module, x: torch.Tensor) -> Contender:
@@ -117,11 +121,11 @@ def inductor(model: torch.nn.Module, x: torch.Tensor) -> Contender:
                          setup_s=time.perf_counter() - start)
     contender.setup_s = time.perf_counter() - start
 
-    def call():
+    def infer(image: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return compiled(x).numpy()
+            return compiled(torch.from_numpy(image)).numpy()
 
-    contender.call = call
+    contender.call, contender.infer = (lambda: infer(x.numpy())), infer
     return contender
 
 
@@ -146,10 +150,11 @@ def openvino(graph: Path, precision: str, threads: int, feed: dict[str, np.ndarr
         return Contender(name, precision, str(graph), status="failed", reason=first_line(exc))
     output = compiled.output(0)
 
-    def call():
-        return request.infer(feed)[output]
+    def infer(image: np.ndarray) -> np.ndarray:
+        return request.infer({"images": image})[output]
 
-    return Contender(name, precision, str(graph), call=call, setup_s=time.perf_counter() - start)
+    return Contender(name, precision, str(graph), call=lambda: request.infer(feed)[output], infer=infer,
+                     setup_s=time.perf_counter() - start)
 
 
 def ours(path: Path, threads: int, feed: dict[str, np.ndarray]) -> Contender:
@@ -177,7 +182,11 @@ def ours(path: Path, threads: int, feed: dict[str, np.ndarray]) -> Contender:
     def call():
         return next(iter(runner.infer(feed).values()))
 
+    def infer(image: np.ndarray) -> np.ndarray:  # engines that take normalized images (not uint8 frames)
+        return next(iter(runner.infer({"images": image}).values()))
+
     return Contender(name, precision, str(path), call=call, close=runner.deactivate,
+                     infer=None if embeds_pre_post(manifest) else infer,
                      setup_s=time.perf_counter() - start)
 
 
@@ -223,7 +232,19 @@ def run_rounds(contenders: list[Contender], warmup: int, iterations: int) -> Non
             c.output = c.call()
 
 
-def rows_for(cfg: ModelConfig, contenders: list[Contender], threads: int) -> list[dict]:
+def score(pipeline: Pipeline, cfg: ModelConfig, contenders: list[Contender]) -> dict[int, float]:
+    """Each contender's mIoU on the pipeline's labelled set (accuracy.data, what the build's INT8 budget is held
+    to), by ``id``; nothing without accuracy.data. A peer that runs an INT8 graph faster but computes it
+    differently shows it here."""
+    if not pipeline.accuracy.data:
+        return {}
+    images, labels = evaluation_set(pipeline, cfg)
+    return {id(c): label_miou((class_map(c.infer(x))[0] for x in images), labels, cfg.num_classes)
+            for c in contenders if c.infer is not None and c.status == "ok"}
+
+
+def rows_for(cfg: ModelConfig, contenders: list[Contender], threads: int,
+             miou: dict[int, float] | None = None) -> list[dict]:
     """The model's table rows: latency, ratio to eager, agreement with eager, fastest of each precision class."""
     reference = next((c for c in contenders if c.name == "PyTorch eager" and c.times_ms), None)
     rows = []
@@ -231,7 +252,8 @@ def rows_for(cfg: ModelConfig, contenders: list[Contender], threads: int) -> lis
         row = {"model": cfg.name, "size": list(cfg.input.size), "threads": threads, "contender": c.name,
                "precision": c.precision, "graph": c.graph, "status": c.status, "reason": c.reason,
                "setup_s": None if c.setup_s is None else round(c.setup_s, 3), "median_ms": None, "p90_ms": None,
-               "vs_eager": None, "agreement": None, "fastest": False, "latencies_ms": [round(t, 3) for t in c.times_ms]}
+               "vs_eager": None, "agreement": None, "miou": (miou or {}).get(id(c)), "fastest": False,
+               "latencies_ms": [round(t, 3) for t in c.times_ms]}
         if c.times_ms:
             row["median_ms"] = float(np.median(c.times_ms))
             row["p90_ms"] = float(np.percentile(c.times_ms, 90))
@@ -266,11 +288,12 @@ def benchmark_model(pipeline: Pipeline, cfg: ModelConfig, out: Path, args: argpa
             contenders.append(ours(path, args.threads, samples.feeds(embeds_pre_post(read_manifest(path)))[0]))
     try:
         run_rounds(contenders, args.warmup, args.iterations)
+        miou = score(pipeline, cfg, contenders)
     finally:
         for c in contenders:
             c.close()
     torch._dynamo.reset()  # frees inductor's compiled graphs before the next model
-    return rows_for(cfg, contenders, args.threads)
+    return rows_for(cfg, contenders, args.threads, miou)
 
 
 # Reports ----------------------------------------------------------------------------------------------------
@@ -291,13 +314,14 @@ def render_markdown(result: dict) -> str:
              f"{result['threads']} threads for every contender; batch 1; {result['iterations']} interleaved rounds "
              f"after {result['warmup']} warm-up calls. torch {m['torch']}, ONNX Runtime {m['onnxruntime']}, "
              f"OpenVINO {m['openvino'] or 'not installed'}; OMP_WAIT_POLICY={m['omp_wait_policy']}. **Bold**: fastest of its precision class.", "",
-             "| model | contender | precision | median ms | p90 ms | vs eager | set-up s | agreement | graph / note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| model | contender | precision | median ms | p90 ms | vs eager | set-up s | agreement | mIoU | graph / note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         name = f"**{r['contender']}**" if r["fastest"] else r["contender"]
         median = f"**{_ms(r['median_ms'])}**" if r["fastest"] else _ms(r["median_ms"])
         ratio = "" if r["vs_eager"] is None else f"{r['vs_eager']:.2f}x"
         agreement = "" if r["agreement"] is None else f"{r['agreement']:.4f}"
+        miou = "" if r.get("miou") is None else f"{r['miou']:.2f}"
         setup = "" if r["setup_s"] is None else f"{r['setup_s']:.1f}"
         note = r["reason"] if r["status"] != "ok" else (Path(r["graph"]).relative_to(result["build_dir"]).as_posix()
                                                         if r["graph"] else "")
@@ -305,7 +329,7 @@ def render_markdown(result: dict) -> str:
             note = f"{r['status']}: {note}"
         size = "x".join(map(str, r["size"]))
         lines.append(f"| {r['model']} {size} | {name} | {r['precision']} | {median} | {_ms(r['p90_ms'])} | {ratio} | "
-                     f"{setup} | {agreement} | {note.replace('|', '/')} |")
+                     f"{setup} | {agreement} | {miou} | {note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,30 @@ def test_a_model_inductor_cannot_compile_is_a_failed_row():
     assert row["status"] == "failed" and row["median_ms"] is None and not row["fastest"]
     assert "failed: RuntimeError: no kernel for this" in peers.render_markdown(
         {"machine": peers.machine(), "threads": 1, "iterations": 2, "warmup": 1, "build_dir": "/", "rows": [row]})
+
+
+def test_each_contender_is_scored_on_the_labelled_set(monkeypatch):
+    """With accuracy.data, every contender that ran gets its mIoU on that set (a fast INT8 peer that computes
+    the graph differently shows it); without, none."""
+    peers = load_peers()
+    labels = [np.array([[0, 1], [1, 1]]), np.array([[1, 0], [0, 0]])]
+    images = [np.zeros((1, 3, 2, 2), np.float32), np.ones((1, 3, 2, 2), np.float32)]
+    monkeypatch.setattr(peers, "evaluation_set", lambda pipeline, cfg: (images, labels))
+
+    def logits(classes):  # (1, 2, 2, 2) logits whose argmax is ``classes``
+        return np.stack([classes == 0, classes == 1]).astype(np.float32)[None]
+
+    right = peers.Contender("right", "fp32", infer=lambda x: logits(labels[int(x.max())]))
+    wrong = peers.Contender("wrong", "int8", infer=lambda x: logits(1 - labels[int(x.max())]))
+    skipped = peers.Contender("not run", "int8", status="not run")
+    cfg = type("Cfg", (), {"name": "m", "num_classes": 2, "input": type("I", (), {"size": [2, 2]})})()
+    with_data = type("P", (), {"accuracy": type("A", (), {"data": "labelled"})()})()
+    miou = peers.score(with_data, cfg, [right, wrong, skipped])
+    assert miou == {id(right): 100.0, id(wrong): 0.0}
+    rows = peers.rows_for(cfg, [right, wrong, skipped], 1, miou)
+    assert [r["miou"] for r in rows] == [100.0, 0.0, None]
+    md = peers.render_markdown({"machine": peers.machine(), "threads": 1, "iterations": 0, "warmup": 0,
+                                "build_dir": "/", "rows": rows})
+    assert "| mIoU |" in md and "| 100.00 |" in md
+    without = type("P", (), {"accuracy": type("A", (), {"data": None})()})()
+    assert peers.score(without, cfg, [right]) == {}
