@@ -1,0 +1,64 @@
+"""mmsegmentation model-zoo files of other depths and widths in families that already import one: PointRend R-101
+(pointrend_r101_v1c), each through its family's MMSEG_KEYS table.
+
+As in tests/test_checkpoints_mmseg.py (whose SourceState, small_source, round_trip and assert_source_count this file
+uses), the writers spell out mmseg's key names and shapes from its code and configs, key by key and independently of
+the tables: the family's writer in tests/test_checkpoints_mmseg_more.py (mmseg_pointrend), given the depth and
+widths of the configs cited at each case below. Imported into a fresh model the file must give the outputs of the
+model it was written from exactly (at the registry's test widths), and at full size (shapes only) the parameter
+count summed over the written shapes (the source's deployed network) must be the variant's, at each class count the
+zoo's files of that variant have."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_checkpoints_mmseg import R101, assert_source_count, round_trip, small_source
+from test_checkpoints_mmseg_more import full_size_file, mmseg_pointrend
+
+from export.errors import UserError
+from export.compile.weights import import_weights
+from models import count_parameters, create_model
+
+# PointRend R-101: configs/point_rend/pointrend_r101_4xb2-80k_cityscapes-512x1024.py (a3a144a) and
+# pointrend_r101_4xb4-160k_ade20k-512x512.py (152f43b) are their R-50 configs with backbone depth=101 (and
+# open-mmlab://resnet101_v1c to start from): the same ResNetV1c, FPN and heads.
+_POINTREND_SMALL = {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64}  # pointrend.py's _NARROW_V1C
+# name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
+# file adds beside the deployed network)
+CASES = {
+    "pointrend_r101_v1c": (mmseg_pointrend, {"layers": R101}, {**_POINTREND_SMALL, "layers": R101}, ()),
+}
+# Parameters of the source's deployed network, summed over the shapes the writers give, at the class counts of the
+# zoo's files (Cityscapes 19, ADE20K 150; mmseg's READMEs give no parameter counts).
+SOURCE_PARAMS = {("pointrend_r101_v1c", 19): 47_707_247, ("pointrend_r101_v1c", 150): 47_880_560}
+
+
+@pytest.mark.parametrize("name, meta", [("pointrend_r101_v1c", "mmseg 0.x"), ("pointrend_r101_v1c", "mmseg 1.x")])
+def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
+    """PointRend was trained in mmseg 0.x (its files carry mmcv's meta; 1.x loads them as they are): both layouts
+    are read."""
+    source_model, s, kwargs, extra = small_source(CASES, name)
+    imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
+    assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out and not report.reshaped
+    assert not report.split
+    assert count_parameters(imported) == s.parameters(skip=extra)
+
+
+@pytest.mark.parametrize("name, num_classes", sorted(SOURCE_PARAMS))
+def test_parameter_count_is_the_source_configs(name, num_classes):
+    assert_source_count(CASES, name, num_classes, SOURCE_PARAMS[name, num_classes])
+
+
+@pytest.mark.parametrize("target, fits", [("pointrend_r50_v1c", "pointrend_r101_v1c")])
+def test_a_zoo_file_of_another_depth_names_its_variant(target, fits, tmp_path):
+    """A family's variants share one table, so a file of another depth maps onto the variant asked for and fails on
+    its keys or shapes (ResNet-101's layer3.6 ... layer3.22): the one-line error names the variant the file fits."""
+    writer, config, _, _ = CASES[fits]
+    checkpoint = full_size_file(tmp_path, fits, writer, **config)
+    with torch.device("meta"):
+        model = create_model(target, num_classes=19)
+    with pytest.raises(UserError) as error:
+        import_weights(model, target, checkpoint)
+    message = str(error.value)
+    assert "\n" not in message and f"do not fit {target}: " in message
+    assert message.endswith(f"; the file fits the registered variant {fits}: use that name (models[].name, --model)")
