@@ -1,19 +1,20 @@
 """mmsegmentation model-zoo files of other depths and widths in families that already import one: PointRend R-101
-(pointrend_r101_v1c), each through its family's MMSEG_KEYS table.
+(pointrend_r101_v1c) and BiSeNetV1 R-50 and R-101 (bisenetv1_r{50,101}_mmseg), each through its family's MMSEG_KEYS
+table.
 
 As in tests/test_checkpoints_mmseg.py (whose SourceState, small_source, round_trip and assert_source_count this file
 uses), the writers spell out mmseg's key names and shapes from its code and configs, key by key and independently of
-the tables: the family's writer in tests/test_checkpoints_mmseg_more.py (mmseg_pointrend), given the depth and
-widths of the configs cited at each case below. Imported into a fresh model the file must give the outputs of the
-model it was written from exactly (at the registry's test widths), and at full size (shapes only) the parameter
-count summed over the written shapes (the source's deployed network) must be the variant's, at each class count the
-zoo's files of that variant have."""
+the tables: the families' writers in tests/test_checkpoints_mmseg_more.py (mmseg_pointrend, mmseg_bisenetv1), given
+the depth and widths of the configs cited at each case below. Imported into a fresh model the file must give the
+outputs of the model it was written from exactly (at the registry's test widths), and at full size (shapes only) the
+parameter count summed over the written shapes (the source's deployed network) must be the variant's, at each class
+count the zoo's files of that variant have."""
 from __future__ import annotations
 
 import pytest
 import torch
-from test_checkpoints_mmseg import R101, assert_source_count, round_trip, small_source
-from test_checkpoints_mmseg_more import full_size_file, mmseg_pointrend
+from test_checkpoints_mmseg import R50, R101, assert_source_count, round_trip, small_source
+from test_checkpoints_mmseg_more import full_size_file, mmseg_bisenetv1, mmseg_pointrend
 
 from export.errors import UserError
 from export.compile.weights import import_weights
@@ -23,20 +24,36 @@ from models import count_parameters, create_model
 # pointrend_r101_4xb4-160k_ade20k-512x512.py (152f43b) are their R-50 configs with backbone depth=101 (and
 # open-mmlab://resnet101_v1c to start from): the same ResNetV1c, FPN and heads.
 _POINTREND_SMALL = {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "point": 64}  # pointrend.py's _NARROW_V1C
+# BiSeNetV1 R-50 / R-101: configs/bisenetv1/bisenetv1_r50-d32_4xb4-160k_cityscapes-1024x1024.py (3f8d34e),
+# bisenetv1_r50-d32_4xb4-160k_coco-stuff164k-512x512.py (3f8d34e), bisenetv1_r101-d32_4xb4-160k_coco-stuff164k-
+# 512x512.py (13d58ef): backbone_cfg ResNet depth 50 / 101 over the base's deep_stem-less ResNet, context_channels
+# (512, 1024, 2048), spatial_channels (256, 256, 256, 512), out_channels 1024, decode_head FCNHead 1024 -> 1024,
+# auxiliary_head two FCNHeads 512 -> 256 (num_convs 1, concat_input False); the -in1k-pre files (5703d6e, 3f8d34e)
+# set only the backbone's init_cfg. The R-101 files are COCO-Stuff 164k only (171 classes).
+_BISENET_FULL = {"spatial": (256, 256, 256, 512), "context": 512, "head": 1024, "aux": 256, "basic_block": False}
+_BISENET_SMALL = {"spatial": (16, 16, 16, 32), "context": 32, "stem": 16, "base": 16, "head": 16, "aux": 32,
+                  "basic_block": False}  # bisenetv1.py's _NARROW with the 16-wide ResNet
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
 # file adds beside the deployed network)
 CASES = {
     "pointrend_r101_v1c": (mmseg_pointrend, {"layers": R101}, {**_POINTREND_SMALL, "layers": R101}, ()),
+    "bisenetv1_r50_mmseg": (mmseg_bisenetv1, {**_BISENET_FULL, "layers": R50}, {**_BISENET_SMALL, "layers": R50},
+                            ("auxiliary_head.",)),
+    "bisenetv1_r101_mmseg": (mmseg_bisenetv1, {**_BISENET_FULL, "layers": R101}, {**_BISENET_SMALL, "layers": R101},
+                             ("auxiliary_head.",)),
 }
 # Parameters of the source's deployed network, summed over the shapes the writers give, at the class counts of the
-# zoo's files (Cityscapes 19, ADE20K 150; mmseg's READMEs give no parameter counts).
-SOURCE_PARAMS = {("pointrend_r101_v1c", 19): 47_707_247, ("pointrend_r101_v1c", 150): 47_880_560}
+# zoo's files (Cityscapes 19, ADE20K 150, COCO-Stuff 164k 171; mmseg's READMEs give no parameter counts).
+SOURCE_PARAMS = {("pointrend_r101_v1c", 19): 47_707_247, ("pointrend_r101_v1c", 150): 47_880_560,
+                 ("bisenetv1_r50_mmseg", 19): 56_873_299, ("bisenetv1_r50_mmseg", 171): 57_029_099,
+                 ("bisenetv1_r101_mmseg", 171): 76_021_227}
 
 
-@pytest.mark.parametrize("name, meta", [("pointrend_r101_v1c", "mmseg 0.x"), ("pointrend_r101_v1c", "mmseg 1.x")])
+@pytest.mark.parametrize("name, meta", [("pointrend_r101_v1c", "mmseg 0.x"), ("bisenetv1_r50_mmseg", "mmseg 0.x"),
+                                        ("bisenetv1_r101_mmseg", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
-    """PointRend was trained in mmseg 0.x (its files carry mmcv's meta; 1.x loads them as they are): both layouts
-    are read."""
+    """PointRend and BiSeNetV1 were trained in mmseg 0.x (its files carry mmcv's meta; 1.x loads them as they are):
+    both layouts are read."""
     source_model, s, kwargs, extra = small_source(CASES, name)
     imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out and not report.reshaped
@@ -49,10 +66,13 @@ def test_parameter_count_is_the_source_configs(name, num_classes):
     assert_source_count(CASES, name, num_classes, SOURCE_PARAMS[name, num_classes])
 
 
-@pytest.mark.parametrize("target, fits", [("pointrend_r50_v1c", "pointrend_r101_v1c")])
+@pytest.mark.parametrize("target, fits", [("pointrend_r50_v1c", "pointrend_r101_v1c"),
+                                          ("bisenetv1_r18_mmseg", "bisenetv1_r50_mmseg"),
+                                          ("bisenetv1_r50_mmseg", "bisenetv1_r101_mmseg")])
 def test_a_zoo_file_of_another_depth_names_its_variant(target, fits, tmp_path):
     """A family's variants share one table, so a file of another depth maps onto the variant asked for and fails on
-    its keys or shapes (ResNet-101's layer3.6 ... layer3.22): the one-line error names the variant the file fits."""
+    its keys or shapes (ResNet-101's layer3.6 ... layer3.22, ResNet-50's bottleneck widths where R-18 has basic
+    blocks): the one-line error names the variant the file fits."""
     writer, config, _, _ = CASES[fits]
     checkpoint = full_size_file(tmp_path, fits, writer, **config)
     with torch.device("meta"):
