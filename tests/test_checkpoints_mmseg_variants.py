@@ -1,19 +1,22 @@
-"""mmsegmentation model-zoo files of other depths and widths in families that already import one: PointRend R-101
-(pointrend_r101_v1c) and BiSeNetV1 R-50 and R-101 (bisenetv1_r{50,101}_mmseg), each through its family's MMSEG_KEYS
-table.
+"""mmsegmentation model-zoo files of other depths and widths in families that already import one: PointRend
+R-101 (pointrend_r101_v1c), BiSeNetV1 R-50 and R-101 (bisenetv1_r{50,101}_mmseg) and Mask2Former R-101
+(mask2former_r101), each through its family's MMSEG_KEYS table.
 
-As in tests/test_checkpoints_mmseg.py (whose SourceState, small_source, round_trip and assert_source_count this file
-uses), the writers spell out mmseg's key names and shapes from its code and configs, key by key and independently of
-the tables: the families' writers in tests/test_checkpoints_mmseg_more.py (mmseg_pointrend, mmseg_bisenetv1), given
-the depth and widths of the configs cited at each case below. Imported into a fresh model the file must give the
-outputs of the model it was written from exactly (at the registry's test widths), and at full size (shapes only) the
-parameter count summed over the written shapes (the source's deployed network) must be the variant's, at each class
-count the zoo's files of that variant have."""
+As in tests/test_checkpoints_mmseg.py (whose SourceState, small_source, round_trip and assert_source_count this
+file uses), the writers spell out mmseg's key names and shapes from its code and configs, key by key and
+independently of the tables: the families' writers in tests/test_checkpoints_mmseg_more.py (mmseg_pointrend,
+mmseg_bisenetv1) and tests/test_checkpoints_mmseg_m2f.py (mmseg_mask2former), given the depth and widths of the
+configs cited at each case below. Imported into a fresh model the file must give the outputs of the model it was
+written from exactly (at the registry's test widths), and at full size (shapes only) the parameter count summed
+over the written shapes (the source's deployed network) must be the variant's, at each class count the zoo's
+files of that variant have."""
 from __future__ import annotations
 
 import pytest
 import torch
 from test_checkpoints_mmseg import R50, R101, assert_source_count, round_trip, small_source
+from test_checkpoints_mmseg_m2f import _SMALL as M2F_SMALL
+from test_checkpoints_mmseg_m2f import mmseg_mask2former
 from test_checkpoints_mmseg_more import full_size_file, mmseg_bisenetv1, mmseg_pointrend
 
 from export.errors import UserError
@@ -33,6 +36,9 @@ _POINTREND_SMALL = {"stem_channels": 16, "base": 16, "fpn": 64, "coarse": 32, "p
 _BISENET_FULL = {"spatial": (256, 256, 256, 512), "context": 512, "head": 1024, "aux": 256, "basic_block": False}
 _BISENET_SMALL = {"spatial": (16, 16, 16, 32), "context": 32, "stem": 16, "base": 16, "head": 16, "aux": 32,
                   "basic_block": False}  # bisenetv1.py's _NARROW with the 16-wide ResNet
+# Mask2Former R-101: configs/mask2former/mask2former_r101_8xb2-90k_cityscapes-512x1024.py (fa05a05) and
+# mask2former_r101_8xb2-160k_ade20k-512x512.py (7c8993c): their R-50 configs with backbone depth=101 (from
+# torchvision://resnet101), deep_stem still False.
 # name -> (writer, the source config at full size, the same at the registry's test_kwargs widths, what the source
 # file adds beside the deployed network)
 CASES = {
@@ -41,23 +47,26 @@ CASES = {
                             ("auxiliary_head.",)),
     "bisenetv1_r101_mmseg": (mmseg_bisenetv1, {**_BISENET_FULL, "layers": R101}, {**_BISENET_SMALL, "layers": R101},
                              ("auxiliary_head.",)),
+    "mask2former_r101": (mmseg_mask2former, {"layers": R101}, {**M2F_SMALL, "layers": R101}, ()),
 }
 # Parameters of the source's deployed network, summed over the shapes the writers give, at the class counts of the
 # zoo's files (Cityscapes 19, ADE20K 150, COCO-Stuff 164k 171; mmseg's READMEs give no parameter counts).
 SOURCE_PARAMS = {("pointrend_r101_v1c", 19): 47_707_247, ("pointrend_r101_v1c", 150): 47_880_560,
                  ("bisenetv1_r50_mmseg", 19): 56_873_299, ("bisenetv1_r50_mmseg", 171): 57_029_099,
-                 ("bisenetv1_r101_mmseg", 171): 76_021_227}
+                 ("bisenetv1_r101_mmseg", 171): 76_021_227,
+                 ("mask2former_r101", 19): 62_999_828, ("mask2former_r101", 150): 63_033_495}
 
 
 @pytest.mark.parametrize("name, meta", [("pointrend_r101_v1c", "mmseg 0.x"), ("bisenetv1_r50_mmseg", "mmseg 0.x"),
-                                        ("bisenetv1_r101_mmseg", "mmseg 1.x")])
+                                        ("bisenetv1_r101_mmseg", "mmseg 1.x"), ("mask2former_r101", "mmseg 1.x")])
 def test_source_checkpoint_imports_with_the_same_outputs(name, meta, tmp_path):
-    """PointRend and BiSeNetV1 were trained in mmseg 0.x (its files carry mmcv's meta; 1.x loads them as they are):
-    both layouts are read."""
+    """PointRend and BiSeNetV1 were trained in mmseg 0.x (its files carry mmcv's meta; 1.x loads them as they are),
+    Mask2Former in 1.x only; each layout is read."""
     source_model, s, kwargs, extra = small_source(CASES, name)
     imported, report, _ = round_trip(tmp_path, name, s, source_model, meta, **kwargs)
     assert report.names == "mmseg" and report.loaded == len(s.used) and not report.left_out and not report.reshaped
-    assert not report.split
+    # Mask2Former: in_proj weight and bias of two attentions in each of the test size's 3 decoder layers
+    assert len(report.split) == (2 * 2 * 3 if name.startswith("mask2former") else 0)
     assert count_parameters(imported) == s.parameters(skip=extra)
 
 
@@ -68,7 +77,8 @@ def test_parameter_count_is_the_source_configs(name, num_classes):
 
 @pytest.mark.parametrize("target, fits", [("pointrend_r50_v1c", "pointrend_r101_v1c"),
                                           ("bisenetv1_r18_mmseg", "bisenetv1_r50_mmseg"),
-                                          ("bisenetv1_r50_mmseg", "bisenetv1_r101_mmseg")])
+                                          ("bisenetv1_r50_mmseg", "bisenetv1_r101_mmseg"),
+                                          ("mask2former_r50", "mask2former_r101")])
 def test_a_zoo_file_of_another_depth_names_its_variant(target, fits, tmp_path):
     """A family's variants share one table, so a file of another depth maps onto the variant asked for and fails on
     its keys or shapes (ResNet-101's layer3.6 ... layer3.22, ResNet-50's bottleneck widths where R-18 has basic
