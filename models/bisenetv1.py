@@ -33,7 +33,9 @@ The widths, and where the paper's text and the code differ, follow the authors' 
 
 ``bisenetv1_r18_mmseg`` is mmsegmentation's network instead (its bisenetv1_r18-d32 checkpoints load there): the
 Context Path upsamples by nearest, the FFM's attention is one 1x1 conv-BN-ReLU before the sigmoid, and the heads
-are 256 (seg) and 64 (auxiliary) wide.
+are 256 (seg) and 64 (auxiliary) wide. ``bisenetv1_r50_mmseg`` and ``bisenetv1_r101_mmseg`` are the same network
+on mmseg's plain ResNet-50 / -101 (bottlenecks, 7x7 stem) at four times the widths: Spatial Path 256-256-256-512,
+Context Path and auxiliary inputs 512, fused map and seg head 1024, auxiliary heads 256.
 """
 from __future__ import annotations
 
@@ -186,7 +188,13 @@ _NARROW = {"spatial_channels": (16, 16, 16, 32), "context_channels": 32, "head_c
 
 
 # mmsegmentation's bisenetv1_r18-d32 checkpoints (configs/_base_/models/bisenetv1_r18-d32.py, 3d241e0: a plain
-# ResNet-18 Context Path, 7x7 stem; FCNHead 256 -> 256 and two auxiliary FCNHeads 128 -> 64). mmseg/models/
+# ResNet-18 Context Path, 7x7 stem; FCNHead 256 -> 256 and two auxiliary FCNHeads 128 -> 64) and its R-50 / R-101
+# ones (configs/bisenetv1/bisenetv1_r50-d32_4xb4-160k_cityscapes-1024x1024.py, 3f8d34e, bisenetv1_r101-d32_4xb4-
+# 160k_coco-stuff164k-512x512.py, 13d58ef: backbone_cfg ResNet of depth 50 / 101, its default deep_stem=False;
+# context_channels (512, 1024, 2048), spatial_channels (256, 256, 256, 512), out_channels 1024, FCNHead 1024 ->
+# 1024, auxiliary FCNHeads 512 -> 256; the -in1k-pre files only initialise the backbone from open-mmlab's
+# resnet{50,101}_v1c). The rules below name a block's convs and norms by number, so they take BasicBlocks and
+# bottlenecks alike. mmseg/models/
 # backbones/bisenetv1.py (168c883): spatial_path.layer1..4, context_path.{arm16, arm32} (conv_layer, then
 # atten_conv_layer = (pool, ConvModule 1x1)), conv_head32 / conv_head16 after each nearest upsampling, gap_conv =
 # (pool, ConvModule), ffm.conv1 and ffm.conv_atten = (ConvModule 1x1, Sigmoid). mmseg ResNet (resnet.py 03b0197):
@@ -213,7 +221,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     (r"decode_head\.conv_seg\.(\w+)", r"head.seg.2.\1"),
     *conv_norm(r"auxiliary_head\.(\d)\.convs\.0", r"aux_heads.\1.0"),
     (r"auxiliary_head\.(\d)\.conv_seg\.(\w+)", r"aux_heads.\1.2.\2"),
-), note="mmsegmentation BiSeNetV1 on ResNet-18 (configs/_base_/models/bisenetv1_r18-d32.py)")
+), note="mmsegmentation BiSeNetV1 on ResNet-18/50/101 (configs/_base_/models/bisenetv1_r18-d32.py, configs/bisenetv1)")
 
 
 @register_model("bisenetv1", size_divisor=32, output_stride=8,
@@ -232,6 +240,34 @@ def bisenetv1_r18_mmseg(num_classes: int = 19, stem_width: int = 64, base_width:
     context_backbone = resnet(18, output_stride=32, deep_stem=False, stem_width=stem_width, base_width=base_width)
     return BiSeNetV1(context_backbone, num_classes, **{"head_channels": 256, "aux_head_channels": 64, **kwargs},
                      mmseg=True)
+
+
+# mmseg's R-50 / R-101 widths (configs/bisenetv1/bisenetv1_r{50,101}-d32_*.py): ContextPath's ARMs and global
+# context go to context_channels[0] = 512; the FFM reads context_channels[1] = 1024 = 512 (spatial) + 512 (context).
+_MMSEG_BOTTLENECK = {"spatial_channels": (256, 256, 256, 512), "context_channels": 512, "head_channels": 1024,
+                     "aux_head_channels": 256}
+
+
+def _bisenetv1_mmseg_bottleneck(depth: int, num_classes: int, stem_width: int, base_width: int,
+                                **kwargs) -> nn.Module:
+    context_backbone = resnet(depth, output_stride=32, deep_stem=False, stem_width=stem_width, base_width=base_width)
+    return BiSeNetV1(context_backbone, num_classes, **{**_MMSEG_BOTTLENECK, **kwargs}, mmseg=True)
+
+
+@register_model("bisenetv1", size_divisor=32, output_stride=8,
+                test_kwargs={**_NARROW, "stem_width": 16, "base_width": 16}, checkpoints=(MMSEG_KEYS,))
+def bisenetv1_r50_mmseg(num_classes: int = 19, stem_width: int = 64, base_width: int = 64, **kwargs) -> nn.Module:
+    """BiSeNet as mmsegmentation builds it on a plain ResNet-50 (7x7 stem), Spatial Path 256-256-256-512, Context
+    Path 512, fused map and seg head 1024, auxiliary heads 256: its bisenetv1_r50-d32 checkpoints load here."""
+    return _bisenetv1_mmseg_bottleneck(50, num_classes, stem_width, base_width, **kwargs)
+
+
+@register_model("bisenetv1", size_divisor=32, output_stride=8,
+                test_kwargs={**_NARROW, "stem_width": 16, "base_width": 16}, checkpoints=(MMSEG_KEYS,))
+def bisenetv1_r101_mmseg(num_classes: int = 19, stem_width: int = 64, base_width: int = 64, **kwargs) -> nn.Module:
+    """BiSeNet as mmsegmentation builds it on a plain ResNet-101, at bisenetv1_r50_mmseg's widths: its
+    bisenetv1_r101-d32 checkpoints load here."""
+    return _bisenetv1_mmseg_bottleneck(101, num_classes, stem_width, base_width, **kwargs)
 
 
 @register_model("bisenetv1", size_divisor=32, output_stride=8,

@@ -1,11 +1,11 @@
 """Mask2Former (Cheng et al., "Masked-attention Mask Transformer for Universal Image Segmentation", CVPR 2022),
 semantic segmentation.
 
-ResNet-50 (7x7 stem, stride 32) -> the multi-scale deformable attention pixel decoder (MSDeformAttnPixelDecoder:
-6 Deformable DETR encoder layers over strides 8, 16, 32, then an FPN lateral to stride 4 -> mask features) ->
-the masked-attention transformer decoder (100 queries, 9 layers each attending to one of the three scales
-in turn, masked by the previous layer's mask prediction) -> semantic inference: per pixel, the sum over
-queries of class probabilities (softmax without the no-object class) times mask probabilities.
+ResNet-50 or -101 (7x7 stem, stride 32) -> the multi-scale deformable attention pixel decoder
+(MSDeformAttnPixelDecoder: 6 Deformable DETR encoder layers over strides 8, 16, 32, then an FPN lateral to stride
+4 -> mask features) -> the masked-attention transformer decoder (100 queries, 9 layers each attending to one of
+the three scales in turn, masked by the previous layer's mask prediction) -> semantic inference: per pixel, the
+sum over queries of class probabilities (softmax without the no-object class) times mask probabilities.
 Multi-scale deformable attention is the custom op ``models.ops.msda`` (Zhu et al., Deformable DETR, ICLR 2021).
 Layer sizes follow the authors' configs (facebookresearch/Mask2Former configs/ade20k/semantic-segmentation/
 Base-ADE20K-SemanticSegmentation.yaml and maskformer2_R50_bs16_160k.yaml).
@@ -342,6 +342,9 @@ HF_KEYS = KeyMap("huggingface", (
 # eps are torch's defaults there as here. Its predict upsamples the mask logits to the padded input before the
 # sigmoid and the sum over queries; ours sums at stride 4 and upsamples the scores (as for Hugging Face above):
 # the weights import exactly, the scores differ by where that resize sits.
+# The R-101 files (mask2former_r101_8xb2-90k_cityscapes-512x1024.py, fa05a05, mask2former_r101_8xb2-160k_ade20k-
+# 512x512.py, 7c8993c) set the backbone's depth to 101 (initialised from torchvision's resnet101) and change nothing
+# else: mask2former_r101, the same table.
 _MM_PIXEL = r"decode_head\.pixel_decoder\."
 _MM_ENC = _MM_PIXEL + r"encoder\.layers\.(\d+)\."
 _MM_DEC = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
@@ -369,11 +372,16 @@ MMSEG_KEYS = KeyMap("mmseg", (
     (r"decode_head\.cls_embed\.(\w+)", r"head.decoder.class_embed.\1"),
     # (Linear, ReLU, Linear, ReLU, Linear) there and here: the same indices
     (r"decode_head\.mask_embed\.(\d)\.(\w+)", r"head.decoder.mask_embed.\1.\2"),
-), note="mmsegmentation Mask2FormerHead (mmdet's) on ResNet-50 (configs/mask2former/mask2former_r50_*.py)")
+), note="mmsegmentation Mask2FormerHead (mmdet's) on ResNet-50/101 (configs/mask2former/mask2former_r{50,101}_*.py)")
 CHECKPOINT_KEYS = (HF_KEYS, MMSEG_KEYS)
 
 _NARROW = {"base_width": 16, "stem_width": 16, "dim": 32, "encoder_layers": 1, "encoder_ffn": 64,
            "decoder_layers": 3, "decoder_ffn": 64, "queries": 10, "heads": 2, "points": 2}
+
+
+def _mask2former(depth: int, num_classes: int, base_width: int, stem_width: int, **kwargs) -> nn.Module:
+    backbone = resnet(depth, output_stride=32, deep_stem=False, base_width=base_width, stem_width=stem_width)
+    return SegmentationModel(backbone, Mask2FormerHead(backbone.out_channels, num_classes, **kwargs), num_classes)
 
 
 @register_model("mask2former", size_divisor=32, output_stride=4, test_kwargs=_NARROW,
@@ -381,5 +389,12 @@ _NARROW = {"base_width": 16, "stem_width": 16, "dim": 32, "encoder_layers": 1, "
 def mask2former_r50(num_classes: int = 19, base_width: int = 64, stem_width: int = 64, **kwargs) -> nn.Module:
     """Mask2Former, ResNet-50 (7x7 stem), deformable pixel decoder (6 layers), 9-layer masked-attention
     decoder with 100 queries; semantic inference."""
-    backbone = resnet(50, output_stride=32, deep_stem=False, base_width=base_width, stem_width=stem_width)
-    return SegmentationModel(backbone, Mask2FormerHead(backbone.out_channels, num_classes, **kwargs), num_classes)
+    return _mask2former(50, num_classes, base_width, stem_width, **kwargs)
+
+
+@register_model("mask2former", size_divisor=32, output_stride=4, test_kwargs=_NARROW,
+                custom_ops=("multiscale_deformable_attention",), checkpoints=CHECKPOINT_KEYS)
+def mask2former_r101(num_classes: int = 19, base_width: int = 64, stem_width: int = 64, **kwargs) -> nn.Module:
+    """Mask2Former on ResNet-101 (7x7 stem), mask2former_r50's head: mmsegmentation's mask2former_r101 files load
+    here."""
+    return _mask2former(101, num_classes, base_width, stem_width, **kwargs)

@@ -1,7 +1,8 @@
 """PointRend for semantic segmentation (Kirillov, Wu, He, Girshick, "PointRend: Image Segmentation as Rendering",
 CVPR 2020, https://arxiv.org/abs/1912.08193), as mmsegmentation's configs/point_rend (pointrend_r50_512x1024):
 
-- backbone: ResNet-50 with the deep stem (ResNetV1c), output stride 32 (no dilation);
+- backbone: ResNet-50 (or -101: configs/point_rend/pointrend_r101_*.py change ``depth`` only) with the deep stem
+  (ResNetV1c), output stride 32 (no dilation);
 - neck and coarse head: semantic FPN (256-channel pyramid, FPNHead with 128-channel scale heads), logits at
   stride 4 (models/heads/semantic_fpn.py);
 - point head: a shared MLP over points (three 1x1 Conv1d + ReLU, 256 channels, then a 1x1 classifier) on
@@ -111,7 +112,9 @@ _NARROW = {"base_width": 16, "stem_width": 16, "fpn_channels": 64, "coarse_chann
 # and neck.fpn_convs.{i} are ConvModules without norm (conv with bias); decode_head.0.scale_heads.{i}.{k} ConvModules
 # at the same Sequential indices as ours (the Upsamples between them hold no tensor), conv_seg; decode_head.1 the
 # PointHead (decode_heads/point_head.py, 11deec3): fcs.{i} Conv1d ConvModules without norm, fc_seg. Every variant
-# has the table: the zoo's files fit pointrend_r50_v1c; pointrend_r50 (64-64-128) fails naming the stem's shapes.
+# has the table: the zoo's R-50 files fit pointrend_r50_v1c, its R-101 files (pointrend_r101_4xb2-80k_cityscapes-
+# 512x1024.py, pointrend_r101_4xb4-160k_ade20k-512x512.py: backbone depth=101, nothing else changed)
+# pointrend_r101_v1c; pointrend_r50 (64-64-128) fails naming the stem's shapes.
 MMSEG_KEYS = KeyMap("mmseg", (
     *MMSEG_V1C_KEYS,
     (r"neck\.(lateral|fpn)_convs\.(\d)\.conv\.(\w+)", r"head.neck.\1_convs.\2.\3"),
@@ -119,7 +122,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     (r"decode_head\.0\.conv_seg\.(\w+)", r"head.coarse_head.classifier.\1"),
     (r"decode_head\.1\.fcs\.(\d)\.conv\.(\w+)", r"head.point_head.fcs.\1.0.\2"),
     (r"decode_head\.1\.fc_seg\.(\w+)", r"head.point_head.classifier.\1"),
-), note="mmsegmentation PointRend on ResNetV1c + FPN (configs/_base_/models/pointrend_r50.py)")
+), note="mmsegmentation PointRend on ResNetV1c-50/101 + FPN (configs/_base_/models/pointrend_r50.py)")
 _NARROW_V1C = {**_NARROW, "stem_width": 8}  # the stem half the base width, as V1c
 
 
@@ -135,3 +138,10 @@ def pointrend_r50(num_classes: int = 19, **kwargs) -> nn.Module:
 def pointrend_r50_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
     """PointRend on mmsegmentation's ResNetV1c-50 (deep stem 32-32-64): its pointrend_r50 checkpoints load here."""
     return _pointrend(DEPTHS[50], num_classes, **{"stem_width": 32, **kwargs})
+
+
+@register_model("pointrend", size_divisor=32, output_stride=1, test_kwargs=_NARROW_V1C,
+                custom_ops=("uncertain_point_sample", "uncertain_point_scatter"), checkpoints=(MMSEG_KEYS,))
+def pointrend_r101_v1c(num_classes: int = 19, **kwargs) -> nn.Module:
+    """PointRend on mmsegmentation's ResNetV1c-101 (deep stem 32-32-64): its pointrend_r101 checkpoints load here."""
+    return _pointrend(DEPTHS[101], num_classes, **{"stem_width": 32, **kwargs})

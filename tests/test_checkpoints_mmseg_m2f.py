@@ -45,7 +45,8 @@ def gn_conv_module(s: SourceState, key: str, ours: str, cin: int, cout: int, k: 
 
 
 def mmseg_mask2former(model, num_classes, stem_channels=64, base=64, dim=256, encoder_layers=6, encoder_ffn=1024,
-                      decoder_layers=9, decoder_ffn=2048, queries=100, heads=8, points=4, levels=3) -> SourceState:
+                      decoder_layers=9, decoder_ffn=2048, queries=100, heads=8, points=4, levels=3,
+                      layers=R50) -> SourceState:
     """configs/mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py and mask2former_r50_8xb2-160k_ade20k-
     512x512.py (11d1ed8): backbone ResNet(depth 50, deep_stem=False, style 'pytorch'), Mask2FormerHead(in_channels
     256..2048, feat_channels = out_channels = 256, num_queries 100, num_transformer_feat_level 3, pixel_decoder GN
@@ -62,7 +63,7 @@ def mmseg_mask2former(model, num_classes, stem_channels=64, base=64, dim=256, en
     tensors); query_embed, query_feat, level_embed (nn.Embedding); mask_embed (Linear, ReLU, Linear, ReLU, Linear);
     cls_embed (Linear D -> K + 1), rebuilt by mmseg/models/decode_heads/mask2former_head.py (fa05a05)."""
     s = SourceState(model)
-    c = mmseg_resnet_v1c(s, R50, stem_channels, base, deep_stem=False)
+    c = mmseg_resnet_v1c(s, layers, stem_channels, base, deep_stem=False)  # R-101: test_checkpoints_mmseg_variants.py
     widths = [c // 8, c // 4, c // 2, c]
     pd, ours = "decode_head.pixel_decoder", "head.pixel_decoder"
     for i, cin in enumerate(reversed(widths[1:])):

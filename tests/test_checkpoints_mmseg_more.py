@@ -132,41 +132,19 @@ def mmseg_ocrnet(model, num_classes, width=18, depths=(4, 4, 4, 4), num_modules=
     return s
 
 
-def mmseg_resnet(s: SourceState, prefix: str, ours: str, depth_layers=(2, 2, 2, 2), stem: int = 64,
-                 base: int = 64) -> list[int]:
-    """mmseg's plain ResNet of BasicBlocks (mmseg/models/backbones/resnet.py 03b0197, deep_stem False): conv1 (7x7
-    s2) and bn1, layerN.{j} = (conv1 3x3 with the stride, bn1, conv2, bn2) and a downsample (1x1 conv, bn) where
-    the stride or width changes. Returns the stage widths."""
-    s.conv(f"{prefix}.conv1", f"{ours}.stem.0.0", 3, stem, 7)
-    s.bn(f"{prefix}.bn1", f"{ours}.stem.0.1", stem)
-    cin, widths = stem, []
-    for i, n in enumerate(depth_layers):
-        c = base * 2**i
-        for j in range(n):
-            mm, o = f"{prefix}.layer{i + 1}.{j}", f"{ours}.stages.{i}.{j}"
-            s.conv(f"{mm}.conv1", f"{o}.conv1.0", cin if j == 0 else c, c, 3)
-            s.bn(f"{mm}.bn1", f"{o}.conv1.1", c)
-            s.conv(f"{mm}.conv2", f"{o}.conv2.0", c, c, 3)
-            s.bn(f"{mm}.bn2", f"{o}.conv2.1", c)
-            if j == 0 and (i > 0 or cin != c):
-                s.conv(f"{mm}.downsample.0", f"{o}.downsample.0", cin, c, 1)
-                s.bn(f"{mm}.downsample.1", f"{o}.downsample.1", c)
-        cin = c
-        widths.append(c)
-    return widths
-
-
 def mmseg_bisenetv1(model, num_classes, spatial=(64, 64, 64, 128), context=128, stem=64, base=64, head=256,
-                    aux=64) -> SourceState:
+                    aux=64, layers=R18, basic_block=True) -> SourceState:
     """configs/_base_/models/bisenetv1_r18-d32.py (3d241e0): BiSeNetV1(context_channels (128, 256, 512),
-    spatial_channels (64, 64, 64, 128), out_channels 256) on a ResNet-18; FCNHead 256 -> 256 (num_convs 1) and
-    two auxiliary FCNHeads 128 -> 64 on outputs 1 and 2. mmseg/models/backbones/bisenetv1.py (168c883):
+    spatial_channels (64, 64, 64, 128), out_channels 256) on a ResNet-18 (mmseg's plain ResNet: 7x7 stem); FCNHead
+    256 -> 256 (num_convs 1) and two auxiliary FCNHeads 128 -> 64 on outputs 1 and 2. R-50 / R-101 (``layers``,
+    bottlenecks): tests/test_checkpoints_mmseg_variants.py. mmseg/models/backbones/bisenetv1.py (168c883):
     spatial_path.layer1..4 (7x7 s2, 3x3 s2, 3x3 s2, 1x1 ConvModules); context_path: arm16 / arm32 (conv_layer 3x3,
     atten_conv_layer.1 1x1 ConvModule without activation), conv_head32 and conv_head16 (3x3), gap_conv.1 (1x1);
     ffm: conv1 (1x1) and conv_atten.0 (1x1 ConvModule, ReLU) before the sigmoid."""
     s = SourceState(model)
-    c16, c32 = mmseg_resnet(s, "backbone.context_path.backbone", "backbone.context.backbone", stem=stem,
-                            base=base)[-2:]
+    c32 = mmseg_resnet_v1c(s, layers, stem, base, "backbone.context_path.backbone", "backbone.context.backbone",
+                           basic_block, deep_stem=False)
+    c16 = c32 // 2
     cin = 3
     for i, (c, k) in enumerate(zip(spatial, (7, 3, 3, 1))):
         s.conv_module(f"backbone.spatial_path.layer{i + 1}", f"backbone.spatial.{i}", cin, c, k)
