@@ -222,7 +222,7 @@ class OpenVINOBackend(Backend):
 
     def refuses(self, precision):
         if precision == "fp16":
-            return ("fp16 is not built: OpenVINO's CPU plugin runs an FP16 graph in FP32 on x86 CPUs without "
+            return ("no fp16 engine: OpenVINO's CPU plugin runs an FP16 graph in FP32 on x86 CPUs without "
                     "AVX512-FP16 (measured on Zen 5: no faster than fp32) and turns an f16 hint into bf16")
         return None
 
