@@ -67,7 +67,8 @@ def resolve_engine(spec: str, build_dir: Path, backend: str | None = None) -> tu
         backends = [backend]
     else:
         backends = (["tensorrt", "onnxruntime"] if reason is None else ["onnxruntime"])
-        backends += ["openvino"] if openvino_reason() is None else []
+        # Last, and only where some are built: asking OpenVINO whether it runs here imports it.
+        backends += ["openvino"] if (folder / "openvino").is_dir() and openvino_reason() is None else []
     if backend == "tensorrt" and reason:
         raise RuntimeFault(f"--backend tensorrt: TensorRT cannot run here: {reason}")
     if backend == "openvino" and openvino_reason():

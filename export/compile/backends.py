@@ -203,8 +203,8 @@ class OpenVINOBackend(Backend):
     """OpenVINO's compiled model for x86 CPUs (engines/openvino.py, imported lazily), built from the ONNX
     Runtime-target graph: OpenVINO gains from that target's fusions too (SegFormer-B0 fp32: 25.8 ms on it,
     38.1 ms on the unfused TensorRT-bound graph). Its INT8 runs OpenVINO's own integer kernels, which the
-    precision guard did not measure (BiSeNetV2 int8: mIoU 35.97 on OpenVINO, 44.93 on ONNX Runtime, 44.40 in
-    PyTorch), so the built engine itself is scored on accuracy.data and held to the budget."""
+    precision guard did not measure (BiSeNetV2 int8, one graph: mIoU 35.96 on OpenVINO, 44.79 on ONNX Runtime,
+    44.40 in PyTorch), so the built engine itself is scored on accuracy.data and held to the budget."""
 
     name = "openvino"
     optional = True
