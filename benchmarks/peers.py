@@ -15,8 +15,10 @@ same input (one check image, batch 1) and the same thread count:
   does not turn fp32 into bf16 where the CPU has AMX or AVX-512 BF16) on the precision graphs the build wrote:
   fp32 and each int8 graph (the ONNX Runtime placement and the TensorRT-bound Q/DQ graph; identical files are
   run once);
-- every engine built, through this project's runners (engines/); a TensorRT plan where TensorRT is missing, and
-  a TensorRT-bound graph (compiled on the device), are listed as not run, with the reason.
+- every engine built, through this project's runners (engines/): the OpenVINO engines (``ours: openvino``, the
+  opt-in backend ``make bench`` builds) beside the ONNX Runtime ones; a TensorRT plan where TensorRT is missing,
+  an OpenVINO engine where OpenVINO is, and a TensorRT-bound graph (compiled on the device), are listed as not
+  run, with the reason.
 
 After ``--warmup`` untimed calls each, ``--iterations`` rounds follow; in each round every contender runs once,
 in an order rotated from round to round, so that drift on a shared machine hits all alike. Per contender: the
@@ -54,6 +56,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engines.onnxruntime as ort_engine  # noqa: E402
+import engines.openvino as ov_engine  # noqa: E402
 from engines import artifacts as layout  # noqa: E402
 from engines.base import EngineError  # noqa: E402
 from engines.cpu import this_cpu  # noqa: E402
@@ -172,9 +175,15 @@ def ours(path: Path, threads: int, feed: dict[str, np.ndarray]) -> Contender:
         reason = trt_engine.unavailable_reason()
         if reason:
             return Contender(name, precision, str(path), status="not run", reason=reason)
+    if backend == "openvino" and ov_engine.unavailable_reason():
+        return Contender(name, precision, str(path), status="not run", reason=ov_engine.unavailable_reason())
     try:
-        runner = (trt_engine.TensorRTRunner.from_engine(path) if backend == "tensorrt"
-                  else ort_engine.OnnxRuntimeRunner.from_engine(path, threads))
+        if backend == "tensorrt":
+            runner = trt_engine.TensorRTRunner.from_engine(path)
+        elif backend == "openvino":
+            runner = ov_engine.OpenVINORunner.from_engine(path, threads)
+        else:
+            runner = ort_engine.OnnxRuntimeRunner.from_engine(path, threads)
         runner.activate()
     except EngineError as exc:  # a stale or corrupt engine: its message says how to rebuild it
         return Contender(name, precision, str(path), status="failed", reason=str(exc).splitlines()[0])
@@ -206,11 +215,7 @@ def openvino_graphs(out: Path, name: str) -> list[tuple[Path, str]]:
 
 
 def openvino_version() -> str | None:
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    return ov.__version__.split("-")[0]  # 2026.4.1, without the build tag
+    return ov_engine.version()  # 2026.4.1, without the build tag
 
 
 # Measuring ------------------------------------------------------------------------------------------------
@@ -282,7 +287,7 @@ def benchmark_model(pipeline: Pipeline, cfg: ModelConfig, out: Path, args: argpa
             contenders.append(openvino(graph, precision, args.threads, {"images": samples.tensors[0]}, tmp)
                               if openvino_version() else
                               Contender("OpenVINO", precision, str(graph), status="not run",
-                                        reason="openvino is not installed: pip install -e '.[bench]'"))
+                                        reason=f"openvino is not installed: {ov_engine.INSTALL}"))
     if "ours" in peers:
         for path in layout.built(out, cfg.name):
             contenders.append(ours(path, args.threads, samples.feeds(embeds_pre_post(read_manifest(path)))[0]))

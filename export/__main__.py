@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             from .compile.build import BuildOptions, build
 
             rows = build(pipeline, BuildOptions(args.models, args.precisions, args.backends, args.out, args.force, args.verify))
-            built = sum(r["status"] == "built" for r in rows)
-            print(f"{len(rows)} artifacts: {built} built, {len(rows) - built} up to date")
+            count = {s: sum(r["status"] == s for r in rows) for s in ("built", "cached", "refused", "skipped")}
+            print(f"{len(rows)} artifacts: {count['built']} built, {count['cached']} up to date"
+                  + "".join(f", {count[s]} {s}" for s in ("refused", "skipped") if count[s]))
             return 0
         if args.command == "triton":
             from .serve.triton import write_repository

@@ -21,7 +21,7 @@ from data import CITYSCAPES_CLASSES
 from .errors import UserError
 
 Precision = Literal["fp32", "fp16", "int8"]
-Backend = Literal["onnxruntime", "tensorrt"]
+Backend = Literal["onnxruntime", "tensorrt", "openvino"]  # openvino: opt-in, x86 CPUs
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
@@ -122,6 +122,13 @@ class OnnxRuntimeConfig:
 
 
 @dataclass
+class OpenVINOConfig:
+    """The opt-in ``openvino`` backend (engines/openvino.py): inference precision is always f32."""
+
+    threads: int = 0  # INFERENCE_NUM_THREADS; 0: every core
+
+
+@dataclass
 class TensorRTConfig:
     check_versions: list[str] = field(default_factory=lambda: ["10.3", "11.1"])
     workspace_mib: int = 2048
@@ -172,6 +179,7 @@ class Pipeline:
     parity: Parity = field(default_factory=Parity)
     check: Check = field(default_factory=Check)
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     batch: Batch = field(default_factory=Batch)
     triton: Triton = field(default_factory=Triton)

@@ -20,13 +20,14 @@ def parser() -> argparse.ArgumentParser:
                         "image file, a folder or glob of images, synthetic://")
     p.add_argument("--output", action="append", default=[],
                    help="display://, out.mp4, frames/, results.jsonl, http://127.0.0.1:8080 (repeatable)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="with --engine MODEL: force a backend")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "openvino"],
+                   help="with --engine MODEL: force a backend (openvino: only when asked, or when it is all that is built)")
     p.add_argument("--build-dir", default="build", help="where --engine MODEL looks (default: build)")
     p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], default="overlay")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0-1 (default 0.5)")
     p.add_argument("--no-legend", dest="legend", action="store_false", help="do not draw the class legend")
     p.add_argument("--no-stats-overlay", dest="stats_overlay", action="store_false", help="do not draw FPS/latency")
-    p.add_argument("--threads", type=int, help="ONNX Runtime engines: intra-op threads (default: as built; on a "
+    p.add_argument("--threads", type=int, help="ONNX Runtime and OpenVINO engines: threads (default: as built; on a "
                    "small CPU, cores minus one leaves a core to capture and drawing)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--stats", help="write per-frame statistics as JSON lines (and the summary last)")

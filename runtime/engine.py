@@ -20,13 +20,18 @@ from engines import triton
 from engines.base import EngineError, Runner
 from engines.manifest import embeds_pre_post, read_manifest
 from engines.onnxruntime import OnnxRuntimeRunner
+from engines.openvino import OpenVINORunner
+from engines.openvino import unavailable_reason as openvino_reason  # plain Python: imports no OpenVINO
 from engines.tiling import TiledRunner, Tiling, check_tiling
 
 from .types import Legend, RuntimeFault
 
 # On a CPU the quantized graph is fastest (measured: BiSeNetV2 int8 19.7 ms vs fp32 32.3 ms) and fp16 is
-# emulated; on a GPU, INT8 then FP16 use the tensor cores. Only engines whose build-time parity passed count.
-PREFERENCE = {"tensorrt": ["int8", "fp16", "fp32"], "onnxruntime": ["int8", "fp32", "fp16"]}
+# emulated; on a GPU, INT8 then FP16 use the tensor cores. OpenVINO builds no fp16 (export/compile/backends.py).
+# Only engines whose build-time parity passed count.
+PREFERENCE = {"tensorrt": ["int8", "fp16", "fp32"], "onnxruntime": ["int8", "fp32", "fp16"],
+              "openvino": ["int8", "fp32"]}
+NAMES = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime (CPU)", "openvino": "OpenVINO (CPU)"}
 
 
 def tensorrt_reason() -> str | None:
@@ -37,8 +42,9 @@ def tensorrt_reason() -> str | None:
 
 def resolve_engine(spec: str, build_dir: Path, backend: str | None = None) -> tuple[Path, str]:
     """``spec`` is an engine file, ``MODEL`` / ``MODEL:PRECISION`` to pick among the engines built in
-    ``build_dir`` (TensorRT when it can run here, else ONNX Runtime), or ``triton://HOST:PORT/MODEL`` (a model
-    on a Triton Inference Server, returned as is). Returns the engine and why it was chosen."""
+    ``build_dir`` (TensorRT when it can run here, else ONNX Runtime; OpenVINO when ``backend`` asks for it, or
+    when it is all that is built), or ``triton://HOST:PORT/MODEL`` (a model on a Triton Inference Server,
+    returned as is). Returns the engine and why it was chosen."""
     if spec.startswith(triton.SCHEME):
         try:
             address, model = triton.parse_url(spec)
@@ -57,14 +63,21 @@ def resolve_engine(spec: str, build_dir: Path, backend: str | None = None) -> tu
         raise RuntimeFault(f"no engines for {model!r} in {build_dir} (built: {', '.join(built) or 'none'}); "
                            f"run python -m export build --models {model}")
     reason = tensorrt_reason()
-    backends = [backend] if backend else (["tensorrt", "onnxruntime"] if reason is None else ["onnxruntime"])
+    if backend:
+        backends = [backend]
+    else:
+        backends = (["tensorrt", "onnxruntime"] if reason is None else ["onnxruntime"])
+        # Last, and only where some are built: asking OpenVINO whether it runs here imports it.
+        backends += ["openvino"] if (folder / "openvino").is_dir() and openvino_reason() is None else []
     if backend == "tensorrt" and reason:
         raise RuntimeFault(f"--backend tensorrt: TensorRT cannot run here: {reason}")
+    if backend == "openvino" and openvino_reason():
+        raise RuntimeFault(f"--backend openvino: OpenVINO cannot run here: {openvino_reason()}")
     for b in backends:
         for p in ([precision] if precision else PREFERENCE[b]):
             candidate = layout.engine(build_dir, model, b, p)
             if candidate.exists() and _passed(candidate):
-                why = "TensorRT" if b == "tensorrt" else f"ONNX Runtime (CPU){'' if reason is None else ': ' + reason}"
+                why = NAMES[b] + (f": {reason}" if b == "onnxruntime" and reason else "")
                 return candidate, f"{model} {p} on {why}"
     want = f"{model}:{precision}" if precision else model
     raise RuntimeFault(f"no usable engine for {want} in {folder} for backend {' or '.join(backends)}; "
@@ -85,7 +98,7 @@ class SegmentationEngine:
                  reconnect_timeout: float = 30.0) -> None:
         """``path``: an engine file, or ``triton://HOST:PORT/MODEL`` (the manifest then comes from the server,
         inference runs there; ``reconnect_timeout`` bounds how long a lost server is retried). ``threads``: ONNX
-        Runtime's intra-op threads (default: the manifest's session settings). On a small CPU, leaving a core
+        Runtime's intra-op threads or OpenVINO's inference threads (default: the manifest's settings). On a small CPU, leaving a core
         to capture and drawing keeps the pipeline at the engine's pace. ``tiling``: run each frame at its own
         size in sliding windows instead of resized to the engine's."""
         remote = isinstance(path, str) and path.startswith(triton.SCHEME)
@@ -103,9 +116,12 @@ class SegmentationEngine:
             if remote:
                 self.runner: Runner = triton.TritonRunner(address, model, self.manifest["output"]["name"],
                                                           reconnect_timeout=reconnect_timeout)
+            elif self.manifest["backend"] == "tensorrt":
+                self.runner = _tensorrt_runner(path)
+            elif self.manifest["backend"] == "openvino":
+                self.runner = OpenVINORunner.from_engine(path, threads)
             else:
-                self.runner = (_tensorrt_runner(path) if self.manifest["backend"] == "tensorrt"
-                               else OnnxRuntimeRunner.from_engine(path, threads))
+                self.runner = OnnxRuntimeRunner.from_engine(path, threads)
         except EngineError as exc:
             raise RuntimeFault(str(exc)) from None
         m = self.manifest

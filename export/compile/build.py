@@ -7,11 +7,13 @@ stage can be inspected or re-run:
     <out>/<model>/<target>/rewritten.onnx     2. graph surgery for the target (onnxruntime | tensorrt)
                                               3. TensorRT-bound graphs checked against TensorRT's op table
     <out>/<model>/<target>/<precision>.onnx   4. precision annotated in the graph (fp32 | fp16 | int8)
-    <out>/<model>/onnxruntime/<precision>.engine.onnx, <out>/<model>/tensorrt/<precision>.plan
-                                              5. engines, each with a manifest (6) and build-time parity (7)
+    <out>/<model>/onnxruntime/<precision>.engine.onnx, <out>/<model>/tensorrt/<precision>.plan,
+    <out>/<model>/openvino/<precision>.blob   5. engines, each with a manifest (6) and build-time parity (7)
 
 Where TensorRT is missing, the TensorRT-bound graph of step 4 is the artifact (copy it to the device and
-build there); its accuracy is still measured here, by ONNX Runtime running that same graph.
+build there); its accuracy is still measured here, by ONNX Runtime running that same graph. The opt-in
+``openvino`` backend compiles the onnxruntime graphs; a unit of it that fails parity or the accuracy budget
+is refused (``status`` refused, nothing written) and the build goes on.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import onnx
 import torch
 
 import engines.onnxruntime as ort_engine
+import engines.openvino as ov_engine
 from engines import artifacts as layout
 from engines.base import EngineError
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
@@ -71,6 +74,10 @@ def tensorrt_reason() -> str | None:
     return unavailable_reason()
 
 
+def openvino_reason() -> str | None:
+    return ov_engine.unavailable_reason()
+
+
 class ModelBuild:
     """Everything built for one model entry. The stages every artifact shares (export, rewrite per target,
     calibration, parity inputs, the accuracy scorer) run once, when first needed; each artifact is then one
@@ -84,6 +91,7 @@ class ModelBuild:
         self.model, self.weights_hash = load_model(cfg, pipeline)
         self._exported: onnx.ModelProto | None = None
         self._rewritten: dict[str, onnx.ModelProto] = {}
+        self._precision_graphs: dict[tuple[str, str], onnx.ModelProto] = {}
         self._calibration: tuple[list[np.ndarray], str] | None = None
         self._samples: Samples | None = None
         self._scorer: AccuracyScorer | None = None
@@ -141,7 +149,13 @@ class ModelBuild:
 
     def precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
         """Stage 4: the target's rewritten graph in ``precision`` (its handler's guard included), with
-        pre/post-processing embedded if asked, checked against TensorRT when bound for it, and saved."""
+        pre/post-processing embedded if asked, checked against TensorRT when bound for it, and saved. Once per
+        build: the backends that take the same target (onnxruntime, openvino) share it."""
+        if (target, precision) not in self._precision_graphs:
+            self._precision_graphs[(target, precision)] = self._precision_graph(target, precision)
+        return self._precision_graphs[(target, precision)]
+
+    def _precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
         graph, report = PRECISIONS[precision].convert(self, self.rewritten(target), target)
         if report is not None:
             self.guard_reports[(target, precision)] = report
@@ -177,38 +191,97 @@ class ModelBuild:
         key = self.inputs_hash(backend, precision, version)
         row = {"model": self.cfg.name, "precision": precision, "backend": backend.name, "artifact": str(artifact),
                "kind": backend.kind}
+        unit = f"{self.cfg.name} {precision} {backend.name}"
+        note = backend.refuses(precision)
+        if note:
+            log(f"  note: {unit}: {note}; skipped")
+            return {**row, "status": "skipped", "reason": note}
         if self.up_to_date(artifact, key):
-            log(f"  {self.cfg.name} {precision} {backend.name}: up to date ({artifact.name}), skipped")
+            log(f"  {unit}: up to date ({artifact.name}), skipped")
             return {**row, "status": "cached", "parity": read_manifest(artifact).get("parity")}
+        refused = self.refused_before(artifact, key)
+        if refused:
+            log(f"  warning: {unit}: refused before with the same inputs ({refused['reason']}); not built "
+                "(--force measures it again)")
+            return {**row, "status": "refused", **{k: refused.get(k) for k in ("reason", "parity", "accuracy")}}
         start = time.perf_counter()
         graph = self.precision_graph(backend.target, precision)
-        compiled = backend.compile(self, graph.SerializeToString(), precision)
+        try:
+            compiled = backend.compile(self, graph.SerializeToString(), precision)
+        except EngineError as exc:
+            if not backend.optional:
+                raise
+            return self.refuse(backend, precision, row, key, str(exc), None, None)
         guard = self.guard_reports.get((backend.target, precision))
-        self.gate(precision, backend.name, compiled.parity, guard)
+        problems = self.gate(precision, backend, compiled.parity, guard, compiled.accuracy)
+        if problems and self.options.verify:  # an optional backend's unit (gate raised for the others)
+            return self.refuse(backend, precision, row, key, "; ".join(problems), compiled.parity, compiled.accuracy)
         manifest = engine_manifest(self, backend, precision, artifact, graph, compiled, key, guard,
                                    time.perf_counter() - start)
         write_engine(artifact, compiled.data, manifest)
+        layout.refusal(artifact).unlink(missing_ok=True)
         err = compiled.parity["max_abs_error"]
         log(f"  {self.cfg.name} {precision} {backend.name}: built {artifact.name} in {time.perf_counter() - start:.1f}s, "
             f"max|err| {'n/a (argmax in graph)' if err is None else f'{err:.3g}'}, "
             f"pixel agreement {compiled.parity['pixel_agreement']:.4f}")
         return {**row, "status": "built", "parity": compiled.parity}
 
-    def gate(self, precision: str, backend: str, parity: dict, guard: dict | None) -> None:
+    def gate(self, precision: str, backend: Backend, parity: dict, guard: dict | None,
+             accuracy: dict | None = None) -> list[str]:
         """Refuse an artifact whose agreement with PyTorch or whose accuracy budget failed (unless
-        ``--no-verify``): the previous artifact stays."""
-        problems = parity_problems(getattr(self.pipeline.parity, precision), parity, guard)
+        ``--no-verify``): the previous artifact stays. The artifact's own accuracy, where its backend measured
+        it, is held to the budget instead of the guard's. Returns the problems: an ``optional`` backend's unit
+        with problems is refused by the caller, the build goes on."""
+        problems = parity_problems(getattr(self.pipeline.parity, precision), parity,
+                                   guard if accuracy is None else None, accuracy)
         parity["passed"] = not problems
-        if problems and self.options.verify:
-            raise UserError(f"{self.cfg.name} {precision} {backend}: parity with PyTorch failed ({'; '.join(problems)}); "
+        if problems and self.options.verify and not backend.optional:
+            raise UserError(f"{self.cfg.name} {precision} {backend.name}: parity with PyTorch failed ({'; '.join(problems)}); "
                             f"the previous artifact is kept. Loosen parity.{precision} or accuracy in pipeline.yaml, "
                             "or pass --no-verify")
-        if problems:
-            log(f"  warning: {self.cfg.name} {precision} {backend}: parity failed ({'; '.join(problems)}), kept (--no-verify)")
+        if problems and not self.options.verify:
+            log(f"  warning: {self.cfg.name} {precision} {backend.name}: parity failed ({'; '.join(problems)}), kept (--no-verify)")
+        return problems
+
+    def refuse(self, backend: Backend, precision: str, row: dict, key: str, reason: str, parity: dict | None,
+               accuracy: dict | None) -> dict:
+        """An optional backend's unit that failed: nothing written over the artifact (an earlier one stays), a
+        warning with the numbers, a record so that the same inputs are not measured again, a summary row."""
+        artifact = Path(row["artifact"])
+        others = [f"the earlier {artifact.name} is kept"] if artifact.exists() else []
+        fallback = layout.engine(self.out, self.cfg.name, backend.target, precision)
+        if backend.target != backend.name and fallback.exists() and _passed(fallback):
+            others.append(f"the {backend.target} {precision} engine holds it")
+        log(f"  warning: {self.cfg.name} {precision} {backend.name}: {reason}: not built"
+            + "".join(f"; {o}" for o in others))
+        record = {"inputs": key, "reason": reason, "parity": parity, "accuracy": accuracy,
+                  "backend_version": backend.version(),
+                  "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write(layout.refusal(artifact), json.dumps(record, indent=2, default=str).encode())
+        return {**row, "status": "refused", "reason": reason, "parity": parity, "accuracy": accuracy}
+
+    def refused_before(self, artifact: Path, key: str) -> dict | None:
+        """The record of an earlier refusal of this unit with the same inputs (None with --force)."""
+        path = layout.refusal(artifact)
+        if self.options.force or not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("inputs") == key else None
 
 
-def parity_problems(threshold, parity: dict, guard: dict | None) -> list[str]:
-    """What fails ``threshold`` (pipeline.yaml parity.<precision>) and the precision guard's budget."""
+def _passed(path: Path) -> bool:
+    try:
+        return bool(read_manifest(path).get("parity", {}).get("passed", False))
+    except EngineError:
+        return False
+
+
+def parity_problems(threshold, parity: dict, guard: dict | None, accuracy: dict | None = None) -> list[str]:
+    """What fails ``threshold`` (pipeline.yaml parity.<precision>), the precision guard's budget and the
+    artifact's own accuracy (``accuracy``, where its backend measured it)."""
     problems = []
     # Engines with the argmax inside output no logits: only agreement can be gated for them.
     if threshold.max_abs_error is not None and parity["max_abs_error"] is not None \
@@ -220,6 +293,9 @@ def parity_problems(threshold, parity: dict, guard: dict | None) -> list[str]:
         problems.append(f"mIoU {guard['final_score']:.2f} is more than accuracy.budget_miou {guard['budget']:g} "
                         f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) or "
                         "op type(s) kept in float")
+    if accuracy and not accuracy["held"]:
+        problems.append(f"mIoU {accuracy['score']:.2f} vs PyTorch {accuracy['reference_score']:.2f}, more than the "
+                        f"budget {accuracy['budget']:g} below")
     return problems
 
 
@@ -261,8 +337,11 @@ def engine_manifest(unit: ModelBuild, backend: Backend, precision: str, artifact
         "build_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 2),
         "parity": compiled.parity,
-        "precision_guard": guard,
-        **PRECISIONS[precision].manifest_fields(backend.name, graph),
+        "precision_guard": guard,  # the graph's placement, measured with the target's runtime (ONNX Runtime)
+        "accuracy": compiled.accuracy,  # the artifact's own mIoU, where its backend measured it
+        **compiled.fields,
+        # The INT8 scheme is the graph's: the target's placement (openvino takes the onnxruntime graph).
+        **PRECISIONS[precision].manifest_fields(backend.target, graph),
     }
 
 
@@ -280,6 +359,12 @@ def build(pipeline: Pipeline, options: BuildOptions) -> list[dict]:
     if trt_reason:
         log(f"note: TensorRT engines are skipped: {trt_reason}. The TensorRT-bound graphs are still built, "
             "checked and measured (with ONNX Runtime); compile them on the device with python -m export build.")
+    ov_reason = openvino_reason() if "openvino" in names else None
+    if ov_reason and options.backends and "openvino" in options.backends:
+        raise UserError(f"--backends openvino: OpenVINO engines cannot be built here: {ov_reason}")
+    if ov_reason:
+        log(f"note: OpenVINO engines are skipped: {ov_reason}")
+        names = [n for n in names if n != "openvino"]
     backends = [backend_for(name, trt_reason) for name in names]
     rows = []
     for cfg in pipeline.models:

@@ -69,6 +69,13 @@ def _open(path: Path, threads: int):
         if reason:
             return manifest, None, reason
         return manifest, trt_engine.TensorRTRunner.from_engine(path), "tensorrt"
+    if manifest["backend"] == "openvino":
+        from engines import openvino as ov_engine
+
+        reason = ov_engine.unavailable_reason()
+        if reason:
+            return manifest, None, reason
+        return manifest, ov_engine.OpenVINORunner.from_engine(path, threads), "openvino"
     return manifest, OnnxRuntimeRunner.from_engine(path, threads), "onnxruntime"
 
 

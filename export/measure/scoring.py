@@ -8,6 +8,7 @@ import onnx
 import torch
 
 import engines.onnxruntime as ort_engine
+from engines.base import Runner
 from data import DataError, open_dataset
 
 from ..config import ModelConfig, Pipeline
@@ -18,7 +19,7 @@ from .metrics import label_miou
 
 
 def evaluation_set(pipeline: Pipeline, cfg: ModelConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """accuracy.data at the model's input size: preprocessed (1,3,H,W) images and (H,W) label maps."""
+    """accuracy.data at the model's input size: (H,W,3) uint8 RGB frames and (H,W) label maps."""
     acc = pipeline.accuracy
     try:
         dataset = open_dataset(pipeline.resolve(acc.data), acc.layout, limit=acc.limit)
@@ -29,17 +30,20 @@ def evaluation_set(pipeline: Pipeline, cfg: ModelConfig) -> tuple[list[np.ndarra
     except DataError as exc:
         raise UserError(f"accuracy.data: {exc}") from None
     h, w = cfg.input.size
-    images = [preprocess(img, (h, w), cfg.mean, cfg.std) for img, _ in items]
+    frames = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) if img.shape[:2] != (h, w) else img
+              for img, _ in items]
     labels = [cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) for _, lab in items]
-    return images, labels
+    return frames, labels
 
 
 class AccuracyScorer:
     """PyTorch's mIoU (``reference``, points) on accuracy.data, and ``score(graph)``: a graph's, run by ONNX
-    Runtime; ``simulate_qdq`` runs Q/DQ in FP32 as TensorRT computes it (engines/onnxruntime.py)."""
+    Runtime; ``simulate_qdq`` runs Q/DQ in FP32 as TensorRT computes it (engines/onnxruntime.py). A built engine
+    is scored by its own runner (``score_runner``)."""
 
     def __init__(self, pipeline: Pipeline, cfg: ModelConfig, model: torch.nn.Module) -> None:
-        self.images, self.labels = evaluation_set(pipeline, cfg)
+        self.frames, self.labels = evaluation_set(pipeline, cfg)
+        self.images = [preprocess(f, tuple(cfg.input.size), cfg.mean, cfg.std) for f in self.frames]
         self.num_classes, self.threads = cfg.num_classes, pipeline.onnxruntime.threads
         with torch.no_grad():
             self.reference = self.miou(model(torch.from_numpy(x)).argmax(1)[0].numpy() for x in self.images)
@@ -49,5 +53,12 @@ class AccuracyScorer:
 
     def score(self, graph: onnx.ModelProto, simulate_qdq: bool = False) -> float:
         graph = runnable_on_onnxruntime(graph)  # TensorRT plugin nodes run as their decomposition
-        with ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.threads, simulate_qdq=simulate_qdq) as r:
-            return self.miou(r.infer({"images": x})["logits"].argmax(1)[0] for x in self.images)
+        return self.score_runner(ort_engine.OnnxRuntimeRunner(graph.SerializeToString(), self.threads,
+                                                              simulate_qdq=simulate_qdq))
+
+    def score_runner(self, runner: Runner, pre_post: bool = False) -> float:
+        """The mIoU of a fresh runner's predictions; ``pre_post``: it takes uint8 frames and returns classes."""
+        with runner:
+            if pre_post:
+                return self.miou(runner.infer({"frames": f[None]})["classes"][0] for f in self.frames)
+            return self.miou(runner.infer({"images": x})["logits"].argmax(1)[0] for x in self.images)

@@ -18,7 +18,7 @@ classes and palette from the server alone.
 The text follows Triton's model_config.proto; the tests parse every file with that schema (tritonclient's
 ``model_config_pb2``). TensorRT-bound graphs with no plan built (no TensorRT here) get no tensorrt_plan
 folder: build the plan on the GPU machine (``python -m export build --backends tensorrt``) and run this again
-there.
+there. OpenVINO engines are skipped, with that reason: the onnxruntime engine of the same graph is served.
 """
 from __future__ import annotations
 
@@ -124,6 +124,11 @@ def write_repository(pipeline: Pipeline, repo: Path, models: list[str] | None = 
                 rows.append({"model": model, "artifact": str(path), "status": "skipped",
                              "reason": "a TensorRT-bound graph, no plan: build the plan on the GPU machine "
                                        "(python -m export build --backends tensorrt) and export the repository there"})
+                continue
+            if manifest["backend"] == "openvino":
+                rows.append({"model": model, "artifact": str(path), "status": "skipped",
+                             "reason": "an OpenVINO engine (a compiled blob, which Triton's OpenVINO backend does "
+                                       "not load): the onnxruntime engine of the same graph is served"})
                 continue
             if manifest["backend"] == "tensorrt":
                 units = [("tensorrt", {"model.plan": path})]
