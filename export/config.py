@@ -22,8 +22,10 @@ from .errors import UserError
 
 Precision = Literal["fp32", "fp16", "int8"]
 Backend = Literal["onnxruntime", "tensorrt", "openvino"]  # openvino: opt-in, x86 CPUs
+CpuInt8Placement = Literal["all_ops", "conv_matmul"]  # export/compile/precision.py says what each quantizes
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+CPU_INT8_PLACEMENTS: tuple[str, ...] = typing.get_args(CpuInt8Placement)
 
 CITYSCAPES_PALETTE = [
     [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
@@ -119,6 +121,15 @@ class OnnxRuntimeConfig:
     threads: int = 0  # intra-op threads; 0: every core
     optimization_level: Literal["basic", "extended"] = "extended"  # offline, saved in the engine (portable)
     load_optimization_level: Literal["basic", "extended", "all"] = "all"  # at load, on the device
+    # Where INT8 engines put Q/DQ (CPU_INT8_PLACEMENTS; export/compile/precision.py): auto builds every
+    # placement, times them here and keeps the fastest that holds the accuracy budget and parity
+    # (export/compile/int8_placement.py); a placement's name builds only that one.
+    int8_placement: Literal["auto", CpuInt8Placement] = "auto"
+
+    def session(self) -> dict:
+        """The settings an engine's session is built and loaded with (the manifest's ``session``; the cache key
+        of every ONNX Runtime engine). ``int8_placement`` shapes only the INT8 graph, whose key has it."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "int8_placement"}
 
 
 @dataclass

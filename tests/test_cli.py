@@ -64,7 +64,7 @@ def test_int8_manifest_records_the_cpu_and_loading_elsewhere_says_so(built, tmp_
         shutil.copy(f, tmp_path / f.name)
     path = tmp_path / "int8.engine.onnx"
     data = json.loads(manifest_path(path).read_text())
-    assert data["int8"] == {"scheme": "u8s8-7bit", "weight_max_abs": cpu.SATURATION_FREE_WEIGHT}
+    assert data["int8"]["scheme"] == "u8s8-7bit" and data["int8"]["weight_max_abs"] == cpu.SATURATION_FREE_WEIGHT
     assert data["device"]["cpu"] == cpu.this_cpu()
     monkeypatch.setattr(cpu, "this_cpu", lambda: AVX2)
     with caplog.at_level(logging.WARNING, logger="engines.onnxruntime"):

@@ -25,7 +25,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .plugins import runnable_on_onnxruntime
-from .precision import FP16_KEEP_FP32, TENSORRT_QUANTIZED_OPS, quantized_op_types, to_fp16, to_int8
+from .precision import (DEFAULT_CPU_INT8_PLACEMENT, FP16_KEEP_FP32, TENSORRT_QUANTIZED_OPS, quantized_op_types,
+                        to_fp16, to_int8)
 from .rewrites import KEEP_FLOAT_KEY, keep_float_nodes
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ PROXY_BATCHES = 8
 
 def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str,
                      evaluate: Callable[[onnx.ModelProto], float], reference_score: float, budget: float,
-                     max_fallback: int = 8, top_k: int = 8) -> tuple[onnx.ModelProto, dict]:
-    """Quantize ``fp32_model`` with ``precision.to_int8``; keep layers in float until
-    ``reference_score - evaluate(model) <= budget``.
+                     max_fallback: int = 8, top_k: int = 8,
+                     placement: str = DEFAULT_CPU_INT8_PLACEMENT) -> tuple[onnx.ModelProto, dict]:
+    """Quantize ``fp32_model`` with ``precision.to_int8`` (``placement``: the CPU target's, ignored for
+    TensorRT); keep layers in float until ``reference_score - evaluate(model) <= budget``.
 
     ``evaluate(model)`` scores a graph on the user's evaluation set (higher is better, e.g. mIoU in points);
     ``reference_score`` is the score to protect (usually ``evaluate(fp32_model)``). Keeping something in
@@ -55,10 +57,10 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
 
     - a layer: one quantized Conv/ConvTranspose/MatMul/Gemm node;
     - an op type: every node of one type the placement quantizes besides those layers (ONNX Runtime's CPU
-      placement also quantizes Add, Mul, Resize, Concat, pooling, BatchNormalization...; the TensorRT
-      placement has none). One such node alone is a weak candidate: the tensors it reads keep the Q/DQ its
-      quantized neighbours put on them (on BiSeNetV2, excluding any one of its 22 such nodes alone moved
-      mIoU by at most 0.05 points). Excluding the type takes all of their Q/DQ pairs out (e.g. residual sums
+      placement ``all_ops`` also quantizes Add, Mul, Resize, Concat, pooling, BatchNormalization...; the
+      TensorRT placement and the CPU's ``conv_matmul`` have none). One such node alone is a weak
+      candidate: the tensors it reads keep the Q/DQ its quantized neighbours put on them (on BiSeNetV2,
+      excluding any one of its 22 such nodes alone moved mIoU by at most 0.05 points). Excluding the type takes all of their Q/DQ pairs out (e.g. residual sums
       computed in float, not in INT8) while the layers around them stay INT8.
 
     The method is greedy forward selection on the score the user cares about, "accuracy recovered when kept
@@ -84,9 +86,10 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
     ... + (K-F+1) evaluations, at most 1 + K * max_fallback. A model already within the budget costs 1.
     Candidates that only help together (neither alone) are found only if one helps alone.
 
-    Returns the INT8 graph (the last improving step's, if the budget never holds) and a report:
-    ``reference_score``, ``budget``, ``initial_score``, ``final_score``, ``held``, ``kept`` (node: the layer's
-    name or "every <op type>", op type, the node names excluded, score recovered, score after),
+    Returns the INT8 graph (the last improving step's, if the budget never holds) and a report: ``target``,
+    ``placement`` ("tensorrt" for that target), ``method``, ``reference_score``, ``budget``,
+    ``initial_score``, ``final_score``, ``held``, ``kept`` (node: the layer's name or "every <op type>", op
+    type, the node names excluded, score recovered, score after),
     ``sensitivity`` (the single-exclusion analysis, with each layer's proxy; None for op types),
     ``candidates`` (quantized layers), ``op_types`` (op types analysed), ``evaluations``.
     """
@@ -96,13 +99,14 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
 
     def quantize_and_score(kept: list[str]) -> tuple[onnx.ModelProto, float]:
         nonlocal evaluations
-        model = to_int8(_with_keep_float(fp32_model, kept), calibration, target, method)
+        model = to_int8(_with_keep_float(fp32_model, kept), calibration, target, method, placement=placement)
         _check_kept_in_float(model, kept)
         evaluations += 1
         return model, float(evaluate(model))
 
     model, initial = quantize_and_score([])
-    report = {"target": target, "method": method, "reference_score": float(reference_score),
+    report = {"target": target, "placement": "tensorrt" if target == "tensorrt" else placement, "method": method,
+              "reference_score": float(reference_score),
               "budget": float(budget), "initial_score": initial, "final_score": initial,
               "held": reference_score - initial <= budget, "kept": [], "sensitivity": [], "candidates": 0,
               "op_types": []}
@@ -110,7 +114,7 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
         report["evaluations"] = evaluations
         return model, report
 
-    shortlist, layers, op_types = _shortlist(fp32_model, model, target, calibration, top_k)
+    shortlist, layers, op_types = _shortlist(fp32_model, model, target, placement, calibration, top_k)
     report.update(candidates=layers, op_types=op_types)
     log.info("INT8 score %.3f misses %.3f - %.3f; analysing %d of %d layers and %d op types", initial,
              reference_score, budget, len(shortlist) - len(op_types), layers, len(op_types))
@@ -125,14 +129,14 @@ def int8_with_budget(fp32_model: onnx.ModelProto, calibration: list[np.ndarray],
     return model, report
 
 
-def _shortlist(fp32_model: onnx.ModelProto, model: onnx.ModelProto, target: str, calibration: list[np.ndarray],
-               top_k: int) -> tuple[list["_Candidate"], int, list[str]]:
+def _shortlist(fp32_model: onnx.ModelProto, model: onnx.ModelProto, target: str, placement: str,
+               calibration: list[np.ndarray], top_k: int) -> tuple[list["_Candidate"], int, list[str]]:
     """Step 1: the ``top_k`` layers the proxy finds worst, and every other op type the placement quantizes
     (all nodes of one type are a single candidate). Also returns the number of quantized layers and the op
     types."""
     quantized = _quantized_nodes(model, set(keep_float_nodes(fp32_model)))
     layer_op = {n.name: n.op_type for n in quantized if n.op_type in TENSORRT_QUANTIZED_OPS}
-    other_types = set(quantized_op_types(target)) - set(TENSORRT_QUANTIZED_OPS)
+    other_types = set(quantized_op_types(target, placement)) - set(TENSORRT_QUANTIZED_OPS)
     groups: dict[str, list[str]] = {}
     for n in quantized:
         if n.op_type in other_types:

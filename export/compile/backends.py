@@ -21,7 +21,7 @@ from engines.cpu import this_cpu
 
 from engines.tensorrt import dla_precision_problem  # plain Python: importing it imports no TensorRT
 
-from ..config import Batch, ModelConfig, Pipeline, TensorRTConfig
+from ..config import Batch, ModelConfig, OnnxRuntimeConfig, Pipeline, TensorRTConfig
 from ..errors import UserError
 from ..log import log
 from ..measure.scoring import AccuracyScorer
@@ -92,15 +92,20 @@ class OnnxRuntimeBackend(Backend):
         return ort_engine.VERSION
 
     def cache_inputs(self, pipeline):
-        return {"session": asdict(pipeline.onnxruntime)}
+        return {"session": pipeline.onnxruntime.session()}
 
     def compile(self, ctx, graph, precision):
-        settings = ctx.pipeline.onnxruntime
-        data = ort_engine.build_engine(graph, settings.optimization_level)
-        parity = ctx.parity(lambda: ort_engine.OnnxRuntimeRunner(data, settings.threads,
-                                                                 settings.load_optimization_level))
+        data, make_runner = onnxruntime_engine(graph, ctx.pipeline.onnxruntime)
+        parity = ctx.parity(make_runner)
         device = {"device": "cpu", "processor": platform.processor() or platform.machine(), "cpu": this_cpu()}
         return Compiled(data, parity, device)
+
+
+def onnxruntime_engine(graph: bytes, settings: OnnxRuntimeConfig) -> tuple[bytes, Callable[[], Runner]]:
+    """The ONNX Runtime engine of ``graph`` (optimized offline at ``settings.optimization_level``) and a runner
+    factory that loads it as a device will (``settings.threads``, ``load_optimization_level``)."""
+    data = ort_engine.build_engine(graph, settings.optimization_level)
+    return data, lambda: ort_engine.OnnxRuntimeRunner(data, settings.threads, settings.load_optimization_level)
 
 
 class TensorRTBackend(Backend):

@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ import torch
 import engines.onnxruntime as ort_engine
 import engines.openvino as ov_engine
 from engines import artifacts as layout
-from engines.base import EngineError
+from engines.base import EngineError, Runner
 from engines.manifest import atomic_write, read_manifest, sha256_bytes, sha256_file, sha256_json, write_engine
 from models import get_spec
 
@@ -39,12 +40,12 @@ from ..config import Batch, ModelConfig, Pipeline, class_names, palette
 from ..errors import UserError
 from ..images import list_images, preprocess, read_rgb
 from ..log import log
-from ..measure.samples import Samples, parity, sample_inputs
+from ..measure.samples import Samples, parity, parity_problems, sample_inputs
 from ..measure.scoring import AccuracyScorer
-from .backends import Backend, backend_for
+from .backends import Backend, backend_for, onnxruntime_engine
 from .pre_post import embed_pre_post
 from .onnx_export import OPSET, export_onnx
-from .precisions import PRECISIONS
+from .precisions import PRECISIONS, Converted
 from .rewrites import apply_rewrites
 from .sources import source_hash
 from .weights import load_model
@@ -95,7 +96,7 @@ class ModelBuild:
         self._calibration: tuple[list[np.ndarray], str] | None = None
         self._samples: Samples | None = None
         self._scorer: AccuracyScorer | None = None
-        self.guard_reports: dict[tuple[str, str], dict] = {}
+        self.converted: dict[tuple[str, str], Converted] = {}
 
     # Shared, lazily computed stages ---------------------------------------------------------------------
     def exported(self) -> onnx.ModelProto:
@@ -147,6 +148,15 @@ class ModelBuild:
         log(f"  {self.cfg.name} {precision}: TensorRT-bound graph passes the op tables of TensorRT "
             f"{', '.join(self.pipeline.tensorrt.check_versions)}")
 
+    def with_pre_post(self, graph: onnx.ModelProto) -> onnx.ModelProto:
+        return embed_pre_post(graph, self.cfg.mean, self.cfg.std) if self.cfg.embed_pre_post else graph
+
+    def cpu_engine(self, graph: onnx.ModelProto) -> Callable[[], Runner]:
+        """A runner factory for the ONNX Runtime engine the onnxruntime backend would build from the stage-4
+        ``graph`` (pre/post-processing embedded as ``precision_graph`` embeds it): what a choice measured on
+        the engine itself (INT8's CPU placement) times and checks."""
+        return onnxruntime_engine(self.with_pre_post(graph).SerializeToString(), self.pipeline.onnxruntime)[1]
+
     def precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
         """Stage 4: the target's rewritten graph in ``precision`` (its handler's guard included), with
         pre/post-processing embedded if asked, checked against TensorRT when bound for it, and saved. Once per
@@ -156,11 +166,9 @@ class ModelBuild:
         return self._precision_graphs[(target, precision)]
 
     def _precision_graph(self, target: str, precision: str) -> onnx.ModelProto:
-        graph, report = PRECISIONS[precision].convert(self, self.rewritten(target), target)
-        if report is not None:
-            self.guard_reports[(target, precision)] = report
-        if self.cfg.embed_pre_post:
-            graph = embed_pre_post(graph, self.cfg.mean, self.cfg.std)
+        converted = PRECISIONS[precision].convert(self, self.rewritten(target), target)
+        self.converted[(target, precision)] = converted
+        graph = self.with_pre_post(converted.graph)
         if target == "tensorrt":
             self.check_tensorrt(graph, precision)
         atomic_write(layout.precision_graph(self.out, self.cfg.name, target, precision), graph.SerializeToString())
@@ -173,7 +181,7 @@ class ModelBuild:
             "model": asdict(self.cfg), "weights": self.weights_hash, "code": self.code, "precision": precision,
             "backend": backend.name, "backend_version": version, "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxruntime": ort_engine.VERSION, "batch": asdict(self.pipeline.batch),
-            **PRECISIONS[precision].cache_inputs(self), **backend.cache_inputs(self.pipeline),
+            **PRECISIONS[precision].cache_inputs(self, backend.target), **backend.cache_inputs(self.pipeline),
         })
 
     def up_to_date(self, artifact: Path, key: str) -> bool:
@@ -212,11 +220,11 @@ class ModelBuild:
             if not backend.optional:
                 raise
             return self.refuse(backend, precision, row, key, str(exc), None, None)
-        guard = self.guard_reports.get((backend.target, precision))
-        problems = self.gate(precision, backend, compiled.parity, guard, compiled.accuracy)
+        converted = self.converted[(backend.target, precision)]
+        problems = self.gate(precision, backend, compiled.parity, converted.guard, compiled.accuracy)
         if problems and self.options.verify:  # an optional backend's unit (gate raised for the others)
             return self.refuse(backend, precision, row, key, "; ".join(problems), compiled.parity, compiled.accuracy)
-        manifest = engine_manifest(self, backend, precision, artifact, graph, compiled, key, guard,
+        manifest = engine_manifest(self, backend, precision, artifact, graph, compiled, key, converted,
                                    time.perf_counter() - start)
         write_engine(artifact, compiled.data, manifest)
         layout.refusal(artifact).unlink(missing_ok=True)
@@ -279,26 +287,6 @@ def _passed(path: Path) -> bool:
         return False
 
 
-def parity_problems(threshold, parity: dict, guard: dict | None, accuracy: dict | None = None) -> list[str]:
-    """What fails ``threshold`` (pipeline.yaml parity.<precision>), the precision guard's budget and the
-    artifact's own accuracy (``accuracy``, where its backend measured it)."""
-    problems = []
-    # Engines with the argmax inside output no logits: only agreement can be gated for them.
-    if threshold.max_abs_error is not None and parity["max_abs_error"] is not None \
-            and not parity["max_abs_error"] <= threshold.max_abs_error:
-        problems.append(f"max abs logit error {parity['max_abs_error']:.3g} > {threshold.max_abs_error:g}")
-    if threshold.min_pixel_agreement is not None and parity["pixel_agreement"] < threshold.min_pixel_agreement:
-        problems.append(f"pixel agreement {parity['pixel_agreement']:.4f} < {threshold.min_pixel_agreement:g}")
-    if guard and guard.get("held") is False:
-        problems.append(f"mIoU {guard['final_score']:.2f} is more than accuracy.budget_miou {guard['budget']:g} "
-                        f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) or "
-                        "op type(s) kept in float")
-    if accuracy and not accuracy["held"]:
-        problems.append(f"mIoU {accuracy['score']:.2f} vs PyTorch {accuracy['reference_score']:.2f}, more than the "
-                        f"budget {accuracy['budget']:g} below")
-    return problems
-
-
 def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool, batch: Batch) -> dict:
     """The manifest's ``input`` and ``output``: frames in and class maps out when pre/post-processing is
     embedded, else normalized tensors in and logits out."""
@@ -319,7 +307,7 @@ def io_description(cfg: ModelConfig, size_divisor: int, dynamic_hw: bool, batch:
 
 
 def engine_manifest(unit: ModelBuild, backend: Backend, precision: str, artifact: Path, graph: onnx.ModelProto,
-                    compiled, key: str, guard: dict | None, seconds: float) -> dict:
+                    compiled, key: str, converted: Converted, seconds: float) -> dict:
     """What the runtime and ``export check`` read beside an artifact (engines/manifest.py)."""
     cfg, pipeline = unit.cfg, unit.pipeline
     return {
@@ -329,7 +317,7 @@ def engine_manifest(unit: ModelBuild, backend: Backend, precision: str, artifact
         **io_description(cfg, unit.spec.size_divisor, unit.spec.dynamic_hw, pipeline.batch),
         "normalization": {"mean": cfg.mean, "std": cfg.std, "color": "RGB", "scale": "0-255"},
         "device": compiled.device,
-        "session": asdict(pipeline.onnxruntime) if backend.name == "onnxruntime" else None,
+        "session": pipeline.onnxruntime.session() if backend.name == "onnxruntime" else None,
         "tensorrt": asdict(pipeline.tensorrt) if backend.name == "tensorrt" else None,
         "hashes": {"inputs": key, "weights": unit.weights_hash, "onnx": sha256_bytes(graph.SerializeToString()),
                    "config": sha256_json(asdict(cfg)), "code": unit.code},
@@ -337,11 +325,11 @@ def engine_manifest(unit: ModelBuild, backend: Backend, precision: str, artifact
         "build_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 2),
         "parity": compiled.parity,
-        "precision_guard": guard,  # the graph's placement, measured with the target's runtime (ONNX Runtime)
+        "precision_guard": converted.guard,  # the graph's placement, measured with the target's runtime (ONNX Runtime)
         "accuracy": compiled.accuracy,  # the artifact's own mIoU, where its backend measured it
         **compiled.fields,
-        # The INT8 scheme is the graph's: the target's placement (openvino takes the onnxruntime graph).
-        **PRECISIONS[precision].manifest_fields(backend.target, graph),
+        # The INT8 record is the graph's: the target's placement (openvino takes the onnxruntime graph).
+        **PRECISIONS[precision].manifest_fields(backend.target, graph, converted.record),
     }
 
 

@@ -8,9 +8,11 @@ compute the same thing.
 - int8: explicit QuantizeLinear/DequantizeLinear pairs from ONNX Runtime's static quantizer, calibrated on
   real images. The placement depends on the target: TensorRT wants symmetric INT8 (zero point 0),
   per-channel weights and Q/DQ only on the inputs of Conv/ConvTranspose/MatMul/Gemm, the layers it fuses;
-  the CPU wants ONNX Runtime's own placement (uint8 activations on every op it has an integer kernel for),
-  which runs faster there, with 7-bit weights so that every x86 CPU computes the same integers
-  (``CPU_INT8_SCHEMES``; engines/cpu.py has the kernel facts).
+  the CPU takes uint8 activations and 7-bit weights so that every x86 CPU computes the same integers
+  (``CPU_INT8_SCHEMES``; engines/cpu.py has the kernel facts), in one of two placements
+  (``CPU_INT8_PLACEMENTS``): ONNX Runtime's own (every op it has an integer kernel for) or only the four fused
+  layers; the build picks per model the faster of those that hold the accuracy budget
+  (export/compile/int8_placement.py).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from ..config import CPU_INT8_PLACEMENTS
 from ..errors import UserError
 from .plugins import around_plugins, plugin_nodes
 from .rewrites import keep_float_nodes
@@ -49,11 +52,26 @@ CPU_INT8_SCHEMES = {
 }
 DEFAULT_CPU_INT8_SCHEME = "u8s8-7bit"
 
+# Where the CPU target puts Q/DQ, both with the CPU scheme's integer types:
+# - all_ops: ONNX Runtime's own placement, every op type its quantizer has a QDQ or QLinear rule for (Add, Mul,
+#   Resize, Concat, pooling... as well), so integer tensors flow between layers;
+# - conv_matmul: only Conv/ConvTranspose/MatMul/Gemm, the layers TensorRT's placement quantizes. Unlike
+#   TensorRT's, their outputs are quantized too: ONNX Runtime's CPU provider fuses DQ -> Conv -> Q into one
+#   QLinearConv, while a Conv with Q/DQ on its inputs only runs as a float Conv on dequantized weights
+#   (measured: CCNet at 256x256 1.79x slower than with the outputs quantized, 539 against 301 ms).
+# all_ops ran 1.06x-1.18x faster on the three default models here (README, "Which ops carry Q/DQ"), but the
+# gap depends on how much of a model's time goes to the ops between its layers, and on the CPU's kernels, so
+# the build times both (``onnxruntime.int8_placement: auto``).
+DEFAULT_CPU_INT8_PLACEMENT = "all_ops"  # CPU_INT8_PLACEMENTS: the names pipeline.yaml takes (export/config.py)
 
-def quantized_op_types(target: str) -> list[str]:
-    """The op types each INT8 placement quantizes: TensorRT's four fused layers, or every op ONNX Runtime's
-    quantizer has a QDQ or QLinear rule for (its own default when ``op_types_to_quantize`` is not given)."""
-    if target == "tensorrt":
+
+def quantized_op_types(target: str, placement: str = DEFAULT_CPU_INT8_PLACEMENT) -> list[str]:
+    """The op types each INT8 placement quantizes: the four fused layers (TensorRT's placement, and the CPU's
+    ``conv_matmul``), or every op ONNX Runtime's quantizer has a QDQ or QLinear rule for (its own default
+    when ``op_types_to_quantize`` is not given; the CPU's ``all_ops``)."""
+    if target != "tensorrt" and placement not in CPU_INT8_PLACEMENTS:
+        raise ValueError(f"unknown CPU INT8 placement {placement!r}; known: {', '.join(CPU_INT8_PLACEMENTS)}")
+    if target == "tensorrt" or placement == "conv_matmul":
         return list(TENSORRT_QUANTIZED_OPS)
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -156,10 +174,10 @@ def unshare_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, method: str = "minmax",
-            scheme: str = DEFAULT_CPU_INT8_SCHEME) -> onnx.ModelProto:
+            scheme: str = DEFAULT_CPU_INT8_SCHEME, placement: str = DEFAULT_CPU_INT8_PLACEMENT) -> onnx.ModelProto:
     """Insert Q/DQ calibrated on ``calibration`` (preprocessed (1,3,H,W) batches). ``target`` picks the
-    placement: 'tensorrt' or 'onnxruntime'; ``scheme`` the CPU placement's integer types
-    (``CPU_INT8_SCHEMES``; the TensorRT placement has one)."""
+    placement: 'tensorrt' or 'onnxruntime'; for the CPU, ``scheme`` its integer types (``CPU_INT8_SCHEMES``)
+    and ``placement`` the ops quantized (``CPU_INT8_PLACEMENTS``). The TensorRT placement has one of each."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -167,7 +185,8 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
         raise UserError("INT8 needs calibration images: set calibration.images in pipeline.yaml to a folder of "
                         "real images (random data is not calibration)")
     if plugin_nodes(model):  # calibration runs the graph: around TensorRT plugin nodes (export/compile/plugins.py)
-        return around_plugins(lambda runnable: to_int8(runnable, calibration, target, method, scheme), model)
+        return around_plugins(lambda runnable: to_int8(runnable, calibration, target, method, scheme, placement),
+                              model)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if target == "tensorrt":
@@ -184,7 +203,7 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
             raise ValueError(f"unknown CPU INT8 scheme {scheme!r}; known: {', '.join(CPU_INT8_SCHEMES)}")
         activations, weights, reduce_range = CPU_INT8_SCHEMES[scheme]
         settings = dict(activation_type=QuantType[activations], weight_type=QuantType[weights], per_channel=True,
-                        reduce_range=reduce_range, op_types_to_quantize=quantized_op_types(target))
+                        reduce_range=reduce_range, op_types_to_quantize=quantized_op_types(target, placement))
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node it skips
     with tempfile.TemporaryDirectory() as tmp:
         src, prep, out = (Path(tmp) / n for n in ("in.onnx", "prep.onnx", "int8.onnx"))
@@ -205,8 +224,10 @@ def to_int8(model: onnx.ModelProto, calibration: list[np.ndarray], target: str, 
 
 
 def normalized_streams(model: onnx.ModelProto) -> list[str]:
-    """The nodes the CPU placement keeps float around every LayerNormalization: the normalization itself and
-    the nodes that write its input (in a transformer, the residual Add or Concat of the token stream).
+    """The nodes both CPU placements keep float around every LayerNormalization: the normalization itself and
+    the nodes that write its input (in a transformer, the residual Add or Concat of the token stream;
+    ``conv_matmul`` leaves those float anyway, and the rule matters to it where a Conv or MatMul writes the
+    normalization's input, e.g. SegFormer's patch embeddings, since it quantizes their outputs).
 
     A per-tensor activation scale is set by the tensor's largest token, and a LayerNorm divides each token by
     its own spread, so a token much smaller than the largest (Segmenter's class embeddings next to its patch

@@ -12,7 +12,7 @@ import torch
 from data import CHECK_SEED, render_scene
 from engines.base import Runner
 
-from ..config import ModelConfig, Pipeline
+from ..config import ModelConfig, Pipeline, Threshold
 from ..images import list_images, preprocess, read_rgb
 from .metrics import compare, compare_classes
 
@@ -83,3 +83,24 @@ def parity(make_runner: Callable[[], Runner], samples: Samples, pre_post: bool, 
         result["batch_max_abs_diff"] = max(float(np.abs(b.astype(np.float64) - outputs[i % n]).max())
                                            for i, b in enumerate(batched))
     return result
+
+
+def parity_problems(threshold: Threshold, parity: dict, guard: dict | None, accuracy: dict | None = None) -> list[str]:
+    """What fails ``threshold`` (pipeline.yaml parity.<precision>), the precision guard's budget and the
+    artifact's own accuracy (``accuracy``, where its backend measured it): the build's gate, and what the INT8
+    placement choice holds each candidate to."""
+    problems = []
+    # Engines with the argmax inside output no logits: only agreement can be gated for them.
+    if threshold.max_abs_error is not None and parity["max_abs_error"] is not None \
+            and not parity["max_abs_error"] <= threshold.max_abs_error:
+        problems.append(f"max abs logit error {parity['max_abs_error']:.3g} > {threshold.max_abs_error:g}")
+    if threshold.min_pixel_agreement is not None and parity["pixel_agreement"] < threshold.min_pixel_agreement:
+        problems.append(f"pixel agreement {parity['pixel_agreement']:.4f} < {threshold.min_pixel_agreement:g}")
+    if guard and guard.get("held") is False:
+        problems.append(f"mIoU {guard['final_score']:.2f} is more than accuracy.budget_miou {guard['budget']:g} "
+                        f"below PyTorch's {guard['reference_score']:.2f} with {len(guard['kept'])} layer(s) or "
+                        "op type(s) kept in float")
+    if accuracy and not accuracy["held"]:
+        problems.append(f"mIoU {accuracy['score']:.2f} vs PyTorch {accuracy['reference_score']:.2f}, more than the "
+                        f"budget {accuracy['budget']:g} below")
+    return problems
