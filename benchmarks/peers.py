@@ -134,8 +134,6 @@ def inductor(model: torch.nn.Module, x: torch.Tensor) -> Contender:
 
 def openvino(graph: Path, precision: str, threads: int, feed: dict[str, np.ndarray], tmp: Path) -> Contender:
     """OpenVINO's CPU plugin on one of the build's ONNX graphs (TensorRT plugin nodes as their decomposition)."""
-    import openvino as ov  # benchmark-only dependency: the bench extra
-
     name = f"OpenVINO {openvino_version()}"
     start = time.perf_counter()
     try:
@@ -145,9 +143,8 @@ def openvino(graph: Path, precision: str, threads: int, feed: dict[str, np.ndarr
         if runnable is not model:
             path = tmp / f"{graph.parent.name}_{graph.name}"
             onnx.save(runnable, str(path))
-        compiled = ov.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+        # The process's one Core (engines/openvino.py says why) and the engines' own settings.
+        compiled = ov_engine.core().compile_model(str(path), "CPU", ov_engine.compile_config(threads))
         request = compiled.create_infer_request()
     except Exception as exc:  # OpenVINO's frontend and plugin raise RuntimeError with C++ text
         return Contender(name, precision, str(graph), status="failed", reason=first_line(exc))

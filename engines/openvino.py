@@ -44,18 +44,31 @@ def unavailable_reason() -> str | None:
     if platform.machine().lower() not in X86:
         return f"OpenVINO engines are for x86 CPUs; this is {platform.machine() or 'an unknown machine'}"
     try:
-        import openvino as ov
+        import openvino  # noqa: F401  (importing it is the check)
     except ImportError:
         return f"OpenVINO is not installed ({INSTALL})"
     except Exception as exc:  # the wheel is present but its libraries are not
         return f"OpenVINO could not be imported: {one_line(exc)}"
     try:
-        devices = ov.Core().available_devices
+        devices = core().available_devices
     except Exception as exc:  # OpenVINO raises RuntimeError with C++ text
         return f"OpenVINO could not start: {one_line(exc)}"
     if DEVICE not in devices:
         return f"OpenVINO's CPU plugin is not available (devices: {', '.join(devices) or 'none'})"
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def core():
+    """The process's one ``openvino.Core``. Every Core starts its own CPU plugin, and the plugin swaps the calling
+    thread's alternate signal stack in and back out when it starts and ends; where two of them end out of order
+    (one Core per call, dropped with the models it compiled) the thread is left with a freed signal stack, and
+    the next signal handled on it (Ctrl-C in the main thread) is a segmentation fault. Seen with OpenVINO
+    2026.4.1: two engines loaded with a Core each and dropped first-loaded first, then SIGINT handled in the
+    main thread, crashed the process (SIGSEGV); with one Core it does not (tests/test_openvino_backend.py)."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def one_line(exc: BaseException) -> str:
@@ -75,11 +88,8 @@ def compile_config(threads: int = 0) -> dict:
 
 def build_engine(graph: bytes, threads: int = 0) -> bytes:
     """Compile an ONNX graph with OpenVINO's CPU plugin and return the compiled model's exported bytes."""
-    import openvino as ov
-
-    core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(graph, b""), DEVICE, compile_config(threads))
+        compiled = core().compile_model(core().read_model(graph, b""), DEVICE, compile_config(threads))
         blob = compiled.export_model()
     except Exception as exc:  # the ONNX frontend and the plugin raise RuntimeError with C++ text
         raise EngineError(f"OpenVINO could not compile the graph: {one_line(exc)}") from None
@@ -119,11 +129,9 @@ class OpenVINORunner(Runner):
         return cls(Path(engine_path), settings.get("threads", 0) if threads is None else threads)
 
     def activate_impl(self) -> None:
-        import openvino as ov
-
         data = self.engine.read_bytes() if isinstance(self.engine, Path) else self.engine
         try:
-            self.compiled = ov.Core().import_model(data, DEVICE, compile_config(self.threads))
+            self.compiled = core().import_model(data, DEVICE, compile_config(self.threads))
             self.request = self.compiled.create_infer_request()
         except Exception as exc:  # a damaged blob or another plugin's
             where = self.engine if isinstance(self.engine, Path) else "engine"

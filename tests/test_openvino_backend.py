@@ -176,3 +176,46 @@ def test_check_and_the_peer_benchmark_run_the_openvino_engines(built):
     for c in contenders:
         c.close()
     assert all(c.times_ms for c in contenders if c.name == "ours: openvino")
+
+
+SIGNAL_AFTER_ENGINES = """
+import signal, sys
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+import engines.openvino as ov_engine
+
+x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
+y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])
+graph = helper.make_model(helper.make_graph([helper.make_node("Relu", ["images"], ["logits"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+assert ov_engine.unavailable_reason() is None
+blob = ov_engine.build_engine(graph.SerializeToString(), 1)
+runners = [ov_engine.OpenVINORunner(blob, 1) for _ in range(2)]
+for runner in runners:  # two engines loaded at once, as the peer benchmark does
+    runner.activate()
+    runner.infer({"images": np.ones((1, 3, 8, 8), np.float32)})
+for runner in runners:  # and dropped, the first first
+    runner.deactivate()
+del runners, runner
+held = []
+signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+signal.raise_signal(signal.SIGINT)  # handled on the main thread's alternate signal stack
+print("held", held)
+"""
+
+
+def test_ctrl_c_after_openvino_engines_come_and_go_is_handled(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack per Core; with a Core per call the main
+    thread was left with a freed one and Ctrl-C there crashed the process (the build's write_engine holds
+    Ctrl-C back with a handler; tests/test_cli.py crashed its worker after the OpenVINO tests)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_ENGINES], capture_output=True, text=True,
+                            timeout=120, cwd=str(tmp_path), env=env)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "held [2]" in result.stdout
