@@ -32,7 +32,8 @@ def test_default_pipeline_loads():
     ({"models": [{"name": "bisenetv2", "num_classes": "many"}]}, "models[0].num_classes: expected an integer or null, got 'many'"),
     ({"models": [{"name": "bisenetv2", "input": {"size": [100, 512]}}]}, "models[0].input.size: [100, 512] is not a multiple of 32"),
     ({"models": [{"name": "bisenetv2", "input": {"size": [256, 512], "max": [128, 512]}}]}, "need min <= size <= max"),
-    ({"models": [{"name": "bisenetv2"}], "backends": ["openvino"]}, "backends[0]: 'openvino' is not one of onnxruntime, tensorrt"),
+    ({"models": [{"name": "bisenetv2"}], "backends": ["coreml"]},
+         "backends[0]: 'coreml' is not one of onnxruntime, tensorrt, openvino"),
     ({"models": [{"name": "bisenetv2"}], "calibration": {"method": "kl"}}, "calibration.method: 'kl' is not one of minmax"),
     ({"models": [{"name": "bisenetv2"}], "tensorrt": {"dla_core": "zero"}}, "tensorrt.dla_core: expected an integer or null"),
     ({"models": [{"name": "bisenetv2", "num_classes": 300, "embed_pre_post": True}]},
@@ -57,13 +58,16 @@ def test_missing_and_malformed_files(tmp_path):
         load_pipeline(write(tmp_path, "models: [\n"))
 
 
-def test_backends_are_the_artifact_targets():
-    """pipeline.yaml's backend names (a Literal, for validation) are the build targets engines/artifacts.py
-    lays out."""
-    from engines.artifacts import TARGETS
+def test_backends_build_from_the_artifact_targets():
+    """pipeline.yaml's backend names (a Literal, for validation) each build from one of the graph targets
+    engines/artifacts.py lays out (openvino from the onnxruntime graphs), every target has its backend, and
+    every backend has its engine file name."""
+    from engines.artifacts import ENGINE_SUFFIX, TARGETS
+    from export.compile.backends import BACKENDS as BUILDERS
     from export.config import BACKENDS
 
-    assert BACKENDS == TARGETS
+    assert {BUILDERS[name]().target for name in BACKENDS} == set(TARGETS) <= set(BACKENDS)
+    assert set(ENGINE_SUFFIX) == set(BACKENDS)
 
 
 def test_every_backend_and_precision_the_config_accepts_has_its_handler():
@@ -73,7 +77,7 @@ def test_every_backend_and_precision_the_config_accepts_has_its_handler():
     from export.compile.precisions import PRECISIONS as HANDLERS
     from export.config import BACKENDS, PRECISIONS
 
-    assert set(BACKENDS) == set(BUILDERS) == set(artifacts.TARGETS)
+    assert set(BACKENDS) == set(BUILDERS) and set(artifacts.TARGETS) <= set(BACKENDS)
     assert set(PRECISIONS) == set(HANDLERS) == set(artifacts.PRECISIONS)
 
 

@@ -147,7 +147,8 @@ def test_model_graph_holds_two_psa_masks_and_none_after_lowering(exported):
     assert sorted(a.i for n in masks for a in n.attribute if a.name == "distribute") == [0, 1]
     for target in TARGETS:
         lowered, counts = apply_rewrites(graph, target)
-        assert counts == {"lower_psa_mask": 2}
+        # The onnxruntime target's fusions (export/compile/fusions.py) also take the logits' resize.
+        assert {k: v for k, v in counts.items() if k != "resize_by_constant_scales"} == {"lower_psa_mask": 2}
         assert not [n for n in lowered.graph.node if n.domain not in ("", "ai.onnx")]
     lowered, _ = apply_rewrites(graph, "tensorrt")
     assert check_tensorrt_compat(lowered, "10.3") == []
