@@ -33,7 +33,7 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .heads.psp import adaptive_avg_pool
 from .keymaps import KeyMap, conv_norm
 from .registry import register_model
@@ -155,7 +155,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *conv_norm(r"decode_head\.(fusion|context)\.bottleneck", r"head.\1.fuse"),
     *conv_norm(r"decode_head\.bottleneck", "head.reduce"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
-), note="mmsegmentation ANNHead on ResNetV1c (configs/_base_/models/ann_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation ANNHead on ResNetV1c (configs/_base_/models/ann_r50-d8.py)")
 
 
 @register_model("ann", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .backbones.resnet import DEPTHS
-from .heads.context import MMSEG_DILATED_RESNET_KEYS, ContextHead, dilated_resnet_model
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS, ContextHead, dilated_resnet_model
 from .keymaps import KeyMap, conv_norm
 from .ops.criss_cross import criss_cross_attention
 from .registry import register_model
@@ -63,7 +63,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *conv_norm(r"decode_head\.convs\.1", "head.project"),
     *conv_norm(r"decode_head\.conv_cat", "head.fuse"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
-), note="mmsegmentation CCHead on ResNetV1c (configs/_base_/models/ccnet_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation CCHead on ResNetV1c (configs/_base_/models/ccnet_r50-d8.py)")
 
 
 @register_model("ccnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,

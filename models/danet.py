@@ -34,7 +34,7 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .keymaps import KeyMap, conv_norm
 from .registry import register_model
 
@@ -121,7 +121,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     (r"decode_head\.pam\.(query|key|value)_project\.(\w+)", r"head.pam.\1.\2"),
     (r"decode_head\.(pam|cam)\.gamma\.scale", r"head.\1.gamma"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
-), drop=(r"decode_head\.(pam|cam)_conv_seg\.\w+",),
+), drop=(r"decode_head\.(pam|cam)_conv_seg\.\w+",), config=MMSEG_D8_CONFIG,
     note="mmsegmentation DAHead on ResNetV1c (configs/_base_/models/danet_r50-d8.py)")
 
 

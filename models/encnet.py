@@ -44,7 +44,7 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS, ResNet
 from .base import ConvNormAct, SegmentationModel
-from .heads.context import MMSEG_DILATED_RESNET_KEYS
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS
 from .heads.fcn import FCNHead
 from .keymaps import KeyMap, conv_norm
 from .registry import register_model
@@ -149,7 +149,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     (r"decode_head\.enc_module\.(encoding\.[01]|fc\.0)\.(\w+)", r"head.context_encoding.\1.\2"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
     (r"decode_head\.se_layer\.(\w+)", r"aux_heads.1.\1"),
-), note="mmsegmentation EncHead on ResNetV1c (configs/_base_/models/encnet_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation EncHead on ResNetV1c (configs/_base_/models/encnet_r50-d8.py)")
 
 
 @register_model("encnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,

@@ -33,6 +33,7 @@ from .backbones.vgg import vgg16_fcn
 from .base import SegmentationModel
 from .heads.context import (
     MMSEG_CONTEXT_HEAD_KEYS,
+    MMSEG_D8_CONFIG,
     MMSEG_DILATED_RESNET_KEYS,
     ContextHead,
     dilated_resnet_model,
@@ -130,7 +131,7 @@ _NARROW_R18 = {"base_width": 16, "stem_width": 8, "head_channels": 32}
 # 256). FCNHead (fcn_head.py, 0b5f81f): convs.0, convs.1, conv_cat, conv_seg. The fcn_r18-d8 files
 # (configs/fcn/fcn_r18-d8_512x1024_80k_cityscapes.py, 57ac1a0, and its 769x769 twin) narrow the heads
 # (decode 512 -> 128, auxiliary 256 -> 64) on BasicBlocks of the same key names.
-MMSEG_KEYS = KeyMap("mmseg", (*MMSEG_DILATED_RESNET_KEYS, *MMSEG_CONTEXT_HEAD_KEYS),
+MMSEG_KEYS = KeyMap("mmseg", (*MMSEG_DILATED_RESNET_KEYS, *MMSEG_CONTEXT_HEAD_KEYS), config=MMSEG_D8_CONFIG,
                     note="mmsegmentation FCNHead on ResNetV1c (configs/_base_/models/fcn_r50-d8.py)")
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from .backbones.resnet import DEPTHS
 from .heads.context import (
     MMSEG_CONTEXT_HEAD_KEYS,
+    MMSEG_D8_CONFIG,
     MMSEG_DILATED_RESNET_KEYS,
     ContextHead,
     dilated_resnet_model,
@@ -79,7 +80,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *MMSEG_CONTEXT_HEAD_KEYS,
     (r"decode_head\.gc_block\.conv_mask\.(\w+)", r"head.attention.mask.\1"),
     (r"decode_head\.gc_block\.channel_add_conv\.([013])\.(\w+)", r"head.attention.transform.\1.\2"),
-), note="mmsegmentation GCHead on ResNetV1c (configs/_base_/models/gcnet_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation GCHead on ResNetV1c (configs/_base_/models/gcnet_r50-d8.py)")
 
 
 @register_model("gcnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW,

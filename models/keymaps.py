@@ -15,6 +15,9 @@ fuse conv reading concatenated stages shallowest first where ours reads them dee
 after renaming; ``transposed`` names our 2-D tensors the source stores transposed (a Linear's (out, in) weight
 where ours is an (in, out) matrix). Source keys that match ``drop`` have no counterpart by design (training-only heads, a classifier of
 the pre-training task) and are reported as left out; keys that match nothing are reported as unmapped.
+``config`` names what the table's variants build that the names and shapes cannot show, as the source's training
+config spells it (``{"backbone.strides": (1, 2, 1, 1), ...}``): a file of the same keys trained with other settings
+is another network, and export refuses it where the file carries that config's text.
 ``conv_norm`` writes the pair of rules for the unit most CNN sources are built of.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class KeyMap:
     reversed_blocks: tuple[tuple[str, int, int], ...] = ()  # (pattern of our key, dim, number of blocks)
     transposed: tuple[str, ...] = ()  # patterns of our 2-D keys stored transposed in the source
     note: str = ""  # what the source is, for the import report (e.g. the converter or config it follows)
+    config: dict[str, object] = field(default_factory=dict, hash=False)  # setting -> the value our variants build
 
 
 def conv_norm(src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -24,6 +24,7 @@ from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
 from .heads.context import (
     MMSEG_CONTEXT_HEAD_KEYS,
+    MMSEG_D8_CONFIG,
     MMSEG_DILATED_RESNET_KEYS,
     ContextHead,
     dilated_resnet_model,
@@ -81,7 +82,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *MMSEG_CONTEXT_HEAD_KEYS,
     (r"decode_head\.nl_block\.(g|theta|phi)\.conv\.(\w+)", r"head.attention.\1.\2"),
     *conv_norm(r"decode_head\.nl_block\.conv_out", "head.attention.conv_out"),
-), note="mmsegmentation NLHead on ResNetV1c (configs/_base_/models/nonlocal_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation NLHead on ResNetV1c (configs/_base_/models/nonlocal_r50-d8.py)")
 
 
 @register_model("nonlocal", size_divisor=8, output_stride=8, test_kwargs=_NARROW,

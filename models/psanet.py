@@ -32,7 +32,7 @@ from torch import nn
 
 from .backbones.resnet import DEPTHS
 from .base import ConvNormAct
-from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .keymaps import KeyMap, conv_norm
 from .ops.psa_mask import psa_mask
 from .registry import register_model
@@ -118,7 +118,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *conv_norm(r"decode_head\.proj", "head.project"),
     *conv_norm(r"decode_head\.bottleneck", "head.bottleneck"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
-), note="mmsegmentation PSAHead on ResNetV1c (configs/_base_/models/psanet_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation PSAHead on ResNetV1c (configs/_base_/models/psanet_r50-d8.py)")
 
 
 @register_model("psanet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("psa_mask",),

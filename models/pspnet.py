@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from .backbones.resnet import DEPTHS, BasicBlock
-from .heads.context import MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
+from .heads.context import MMSEG_D8_CONFIG, MMSEG_DILATED_RESNET_KEYS, dilated_resnet_model
 from .heads.psp import PSPHead
 from .keymaps import KeyMap, conv_norm
 from .registry import register_model
@@ -53,7 +53,7 @@ MMSEG_KEYS = KeyMap("mmseg", (
     *conv_norm(r"decode_head\.psp_modules\.(\d)\.1", r"head.ppm.stages.\1"),
     *conv_norm(r"decode_head\.bottleneck", "head.bottleneck"),
     (r"decode_head\.conv_seg\.(\w+)", r"head.classifier.\1"),
-), note="mmsegmentation PSPHead on ResNetV1c (configs/_base_/models/pspnet_r50-d8.py)")
+), config=MMSEG_D8_CONFIG, note="mmsegmentation PSPHead on ResNetV1c (configs/_base_/models/pspnet_r50-d8.py)")
 
 
 @register_model("pspnet", size_divisor=8, output_stride=8, test_kwargs=_NARROW, custom_ops=("adaptive_avg_pool",),

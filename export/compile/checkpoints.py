@@ -6,7 +6,8 @@
   its ``.safetensors`` files, or ``hf:<repo id>`` resolved in the local Hugging Face cache only;
 - an mmsegmentation / mmengine checkpoint (``state_dict`` + ``meta``: ``meta.dataset_meta`` in 1.x,
   ``meta.CLASSES`` / ``meta.PALETTE`` in 0.x; the training config's text, ``meta.cfg`` in 1.x and
-  ``meta.config`` in 0.x, says the decode head's ``align_corners``, read as text and never executed);
+  ``meta.config`` in 0.x, says the decode head's ``align_corners`` and the backbone's strides and dilations,
+  read as text and never executed);
 - CoinCheung/BiSeNet's files and this project's own, plain state dicts.
 
 ``.pth``/``.pt``/``.bin`` files load with ``torch.load(weights_only=True)``: tensors and plain containers
@@ -47,7 +48,8 @@ CONVERT_COMMAND = ("python -c \"import torch; c = torch.load('IN.pth', weights_o
 class Checkpoint:
     """Tensors of a checkpoint and the metadata it carries. ``layout``: what the file was recognised as.
     ``align_corners``: the decode head's, as the file's config says it (None: the file carries no config that
-    says), and ``align_corners_from`` where it was read (``meta.cfg``, ``meta.config``, ``segdeploy``)."""
+    says), and ``align_corners_from`` where it was read (``meta.cfg``, ``meta.config``, ``segdeploy``).
+    ``config``: the settings ``config_settings`` reads from that text (empty: no text says), from ``config_from``."""
 
     path: Path
     layout: str  # 'huggingface', 'mmseg', 'state dict'
@@ -57,6 +59,8 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     align_corners: bool | None = None
     align_corners_from: str | None = None
+    config: dict[str, object] = field(default_factory=dict)
+    config_from: str | None = None
 
 
 def read_checkpoint(ref: str | Path, base: Path | None = None) -> Checkpoint:
@@ -195,10 +199,13 @@ def _from_container(path: Path, obj) -> Checkpoint:
         checkpoint = Checkpoint(path, "mmseg", _tensors(path, obj["state_dict"]), _names(classes), _colours(palette))
         for key in ("cfg", "config"):  # mmengine Runner.save_checkpoint; mmseg 0.x tools/train.py (mmcv runner)
             text = meta.get(key)
-            found = config_align_corners(text) if isinstance(text, str) else None
-            if found is not None:
+            if not isinstance(text, str):
+                continue
+            found, settings = config_align_corners(text), config_settings(text)
+            if found is not None and checkpoint.align_corners is None:
                 checkpoint.align_corners, checkpoint.align_corners_from = found, f"meta.{key}"
-                break
+            if settings and not checkpoint.config:
+                checkpoint.config, checkpoint.config_from = settings, f"meta.{key}"
         return checkpoint
     if isinstance(obj.get("segdeploy"), dict) and isinstance(obj.get("state_dict"), dict):  # `export import`
         meta = obj["segdeploy"]
@@ -226,12 +233,53 @@ def config_align_corners(text: str) -> bool | None:
     default); None where the text has no ``decode_head``. The text is searched, never executed. mmseg's own
     model options are nowhere else: its EncoderDecoder takes ``self.align_corners`` from the decode head
     (mmseg/models/segmentors/encoder_decoder.py) and the auxiliary heads' serve training only."""
-    head = re.search(_KEY.format("decode_head"), text)
-    span = _bracketed(text, head.end()) if head else None
+    span = _entry(text, "decode_head")
     if span is None:
         return None
     values = re.findall(_KEY.format("align_corners") + r"(True|False)\b", span)
     return "True" in values
+
+
+# mmseg's values where a config leaves a setting out: ResNet's (and ResNetV1c's) strides and dilations
+# (mmseg/models/backbones/resnet.py, 03b0197), FCNHead's conv dilation (decode_heads/fcn_head.py, "Default: 1"),
+# which NLHead, GCHead and CCHead inherit and the other heads do not take.
+CONFIG_DEFAULTS: dict[str, object] = {"backbone.strides": (1, 2, 2, 2), "backbone.dilations": (1, 1, 1, 1),
+                                      "decode_head.dilation": 1}
+
+
+def config_settings(text: str) -> dict[str, object]:
+    """What an mmseg config's text says of the model that a checkpoint's keys and shapes do not show: the
+    backbone's ``strides`` and ``dilations`` and the decode head's ``dilation`` (``CONFIG_DEFAULTS``), as a
+    tuple or an int each, mmseg's default where the entry leaves one out (``Config.pretty_text``, what checkpoints
+    carry, is the merged config). An entry the text does not have (no ``backbone``) gives none of its settings, nor
+    does a value not written as numbers, nor a setting a config file as written leaves to its ``_base_`` files,
+    which are not here. The text is searched within ``model``, never executed."""
+    model = _entry(text, "model") or text
+    inherits = re.search(r"^_base_\s*=", text, re.M) is not None
+    found: dict[str, object] = {}
+    for setting, default in CONFIG_DEFAULTS.items():
+        entry, key = setting.split(".")
+        span = _entry(model, entry)
+        if span is None:
+            continue  # no such entry: the text says nothing of it
+        at = re.search(_KEY.format(key), span)
+        if at is None:
+            if not inherits:
+                found[setting] = default
+        elif isinstance(default, tuple):
+            value = _bracketed(span, at.end())
+            if value is not None and re.fullmatch(r"[(\[][\d\s,]*[)\]]", value):
+                found[setting] = tuple(int(v) for v in re.findall(r"\d+", value))
+        elif number := re.compile(r"\d+\b").match(span, at.end()):
+            found[setting] = int(number.group())
+    return found
+
+
+def _entry(text: str, key: str) -> str | None:
+    """The bracketed value of the first ``key`` in ``text`` (``key=dict(...)``, ``'key': {...}``); None where
+    there is none."""
+    at = re.search(_KEY.format(key), text)
+    return _bracketed(text, at.end()) if at else None
 
 
 def _bracketed(text: str, start: int) -> str | None:

@@ -2,10 +2,12 @@
 
 Weights come in any layout ``checkpoints.read_checkpoint`` reads (this project's state dicts, Hugging Face
 folders and safetensors files, mmsegmentation and CoinCheung checkpoints); ``import_weights`` maps their names
-with the family's table and reports what it mapped, what it left out and what is missing.
+with the family's table and reports what it mapped, what it left out and what is missing; a file whose keys fit
+but whose training config says the network is another (``check_config``) is refused.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -96,8 +98,9 @@ def check_classes(cfg: ModelConfig, checkpoint: Checkpoint) -> None:
 
 def import_weights(model: torch.nn.Module, name: str, checkpoint: Checkpoint, what: str | None = None) -> ImportReport:
     """Load ``checkpoint`` into ``model`` (the registered variant ``name``) or raise a UserError that names the
-    missing, unexpected and mis-shaped keys, and the family's variant the file fits where another one does;
-    nothing is loaded unless every deployed tensor fits."""
+    missing, unexpected and mis-shaped keys, and the family's variant the file fits where another one does, or the
+    settings its config says that the variant does not build (``check_config``); nothing is loaded unless every
+    deployed tensor fits."""
     own = model.state_dict()
     fit = _fit(checkpoint, name, own, training_only_keys(model))
     if fit.problems:
@@ -105,10 +108,41 @@ def import_weights(model: torch.nn.Module, name: str, checkpoint: Checkpoint, wh
         hint = _better_variant(checkpoint, name, getattr(model, "num_classes", None), fit.score)
         raise UserError(f"weights {checkpoint.path} ({checkpoint.layout} checkpoint, {names} key names) do not fit "
                         f"{what or name}: " + "; ".join(fit.problems) + hint)
+    check_config(checkpoint, name, fit.table)
     state, mapped = fit.state, fit.mapped
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return ImportReport(checkpoint.layout, "ours" if fit.table is None else fit.table.source, len(state), mapped.fused,
                         mapped.split, fit.reshaped, mapped.dropped, sorted(k for k in fit.optional if k not in state))
+
+
+def check_config(checkpoint: Checkpoint, name: str, table: KeyMap | None) -> None:
+    """A file whose keys and shapes fit ``name`` through ``table`` but whose config says settings other than the
+    table's variants build (``KeyMap.config``: mmseg's fcn-d6_r50-d16 and pspnet_r50-d32 files on the *-d8
+    variants) is another network: refused, in one line naming each setting. A file whose config does not say (or
+    that carries none) cannot be told apart and imports."""
+    expected = table.config if table is not None else {}
+    wrong = [k for k, v in expected.items() if checkpoint.config.get(k, v) != v]
+    if not wrong:
+        return
+    network = {**expected, **checkpoint.config}  # the file's, ours where its config does not say
+    builds = [s.name for s in list_models() if s.family == get_spec(name).family and any(
+        t.source == table.source and t.config and t.config.items() <= network.items() for t in s.checkpoints)]
+    stride = f" (output stride {_output_stride(network)})" if "backbone.strides" in wrong else ""
+    advice = (f"the registered variant {builds[0]} builds it: use that name (models[].name, --model)" if builds else
+              f"no registered variant builds that network: use a file trained with {name}'s settings"
+              + (f" ({table.source}'s *-d{_output_stride(expected)} files)" if "backbone.strides" in expected else ""))
+    raise UserError(f"weights {checkpoint.path} have {name}'s keys and shapes but are another network: its config "
+                    f"({checkpoint.config_from}) says {_settings(checkpoint.config, wrong)}{stride} where {name} "
+                    f"builds {_settings(expected, wrong)}; {advice}")
+
+
+def _settings(values: dict[str, object], keys: list[str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k in keys)
+
+
+def _output_stride(settings: dict[str, object]) -> int:
+    """A ResNet's output stride from its stages' strides: its stem (a stride-2 conv and max pooling) gives 4."""
+    return 4 * math.prod(settings["backbone.strides"])
 
 
 @dataclass

@@ -72,6 +72,16 @@ MMSEG_DILATED_RESNET_KEYS: tuple[tuple[str, str], ...] = (
     (r"auxiliary_head\.conv_seg\.(\w+)", r"aux_heads.0.2.\1"),
 )
 
+# What those *-d8 configs set and dilated_resnet_model builds, which no key or shape shows (KeyMap.config):
+# ResNetV1c strides (1, 2, 1, 1) and dilations (1, 1, 2, 4), output stride 8, and the decode head's 3x3 convs
+# undilated (FCNHead's dilation=1, fcn_head.py, which NLHead, GCHead and CCHead inherit; the other heads take
+# none). mmseg's fcn-d6_r{50,101}-d16 files (configs/fcn/fcn-d6_r50-d16_4xb2-40k_cityscapes-512x1024.py, 3f8d34e:
+# strides (1, 2, 2, 1), dilations (1, 1, 1, 2), decode_head dilation=6) and pspnet_r50-d32 files
+# (configs/pspnet/pspnet_r50-d32_512x1024_80k_cityscapes.py, df47283: strides (1, 2, 2, 2)) have these families'
+# keys and shapes but are other networks.
+MMSEG_D8_CONFIG: dict[str, object] = {"backbone.strides": (1, 2, 1, 1), "backbone.dilations": (1, 1, 2, 4),
+                                      "decode_head.dilation": 1}
+
 
 # mmseg's FCNHead(num_convs=2, concat_input=True) (fcn_head.py, 0b5f81f) and the heads built on it (NLHead,
 # GCHead: nl_head.py, gc_head.py, 1cd613f): convs.0 reduces, the block attends, convs.1 projects, conv_cat fuses
