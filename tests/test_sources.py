@@ -298,9 +298,10 @@ class RtspCamera:
              "-i", str(self.video), "-an", *self.codec, "-f", "rtp", "-sdp_file", str(self.sdp),
              f"rtp://127.0.0.1:{rtp.getsockname()[1]}?rtcpport={rtcp.getsockname()[1]}&pkt_size=1200"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.threads = [threading.Thread(target=f, args=a, daemon=True)
-                        for f, a in ((self._accept, ()), (self._relay, (rtp,)), (self._drain, (rtcp,)))]
-        for t in self.threads:
+        threads = [threading.Thread(target=f, args=a, daemon=True)
+                   for f, a in ((self._accept, ()), (self._relay, (rtp,)), (self._drain, (rtcp,)))]
+        self.threads = list(threads)
+        for t in threads:  # not self.threads: the accept thread appends (and starts) a thread per client to it
             t.start()
         deadline = time.monotonic() + 10
         while not (self.sdp.exists() and "m=video" in self.sdp.read_text()):
