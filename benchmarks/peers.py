@@ -66,6 +66,7 @@ from export.compile.plugins import runnable_on_onnxruntime  # noqa: E402
 from export.compile.weights import load_model  # noqa: E402
 from export.config import ModelConfig, Pipeline, load_pipeline  # noqa: E402
 from export.errors import UserError  # noqa: E402
+from export.images import preprocess  # noqa: E402
 from export.measure.metrics import label_miou  # noqa: E402
 from export.measure.samples import sample_inputs  # noqa: E402
 from export.measure.scoring import evaluation_set  # noqa: E402
@@ -240,7 +241,8 @@ def score(pipeline: Pipeline, cfg: ModelConfig, contenders: list[Contender]) -> 
     differently shows it here."""
     if not pipeline.accuracy.data:
         return {}
-    images, labels = evaluation_set(pipeline, cfg)
+    frames, labels = evaluation_set(pipeline, cfg)  # (H, W, 3) uint8 RGB, as the build's scorer reads them
+    images = [preprocess(f, tuple(cfg.input.size), cfg.mean, cfg.std) for f in frames]
     return {id(c): label_miou((class_map(c.infer(x))[0] for x in images), labels, cfg.num_classes)
             for c in contenders if c.infer is not None and c.status == "ok"}
 

@@ -16,7 +16,7 @@ from helpers import ROOT, tiny_pipeline
 
 PEERS = ROOT / "benchmarks" / "peers.py"
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-TINY = {"name": "sliding_window_fcn", "num_classes": 4, "precisions": ["fp32", "int8"],
+TINY = {"name": "sliding_window_fcn", "num_classes": 10, "precisions": ["fp32", "int8"],
         "input": {"size": [32, 32], "min": [32, 32], "max": [64, 64]}}
 
 
@@ -30,8 +30,11 @@ def load_peers():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    from data import write_dataset
+
     folder = tmp_path_factory.mktemp("peers")
-    config = tiny_pipeline(folder, models=[TINY])
+    write_dataset(folder / "val", 2, size=(32, 32), seed=3)  # accuracy.data: every contender is scored on it
+    config = tiny_pipeline(folder, models=[TINY], accuracy={"data": "val", "budget_miou": 100.0})
     md, js = folder / "peers.md", folder / "peers.json"
     # No build first: the benchmark builds what is missing.
     done = subprocess.run([sys.executable, str(PEERS), "--config", config, "--iterations", "2", "--warmup", "1",
@@ -58,6 +61,7 @@ def test_every_contender_has_a_measured_row(bench):
         assert row["threads"] == 1 and row["size"] == [32, 32] and row["model"] == "sliding_window_fcn"
         assert len(row["latencies_ms"]) == 2 and row["p90_ms"] >= row["median_ms"] > 0
         assert row["vs_eager"] > 0 and 0.5 <= row["agreement"] <= 1.0
+        assert 0.0 <= row["miou"] <= 100.0, key  # each scored on accuracy.data, its frames preprocessed
     assert rows[("PyTorch eager", "fp32", "")]["vs_eager"] == 1.0
     assert rows[("PyTorch eager", "fp32", "")]["agreement"] == 1.0
     assert rows[("torch.compile (inductor)", "fp32", "")]["setup_s"] > 0  # compile time, apart from latency
@@ -108,16 +112,21 @@ def test_each_contender_is_scored_on_the_labelled_set(monkeypatch):
     the graph differently shows it); without, none."""
     peers = load_peers()
     labels = [np.array([[0, 1], [1, 1]]), np.array([[1, 0], [0, 0]])]
-    images = [np.zeros((1, 3, 2, 2), np.float32), np.ones((1, 3, 2, 2), np.float32)]
-    monkeypatch.setattr(peers, "evaluation_set", lambda pipeline, cfg: (images, labels))
+    frames = [np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)]  # what evaluation_set gives
+    monkeypatch.setattr(peers, "evaluation_set", lambda pipeline, cfg: (frames, labels))
 
     def logits(classes):  # (1, 2, 2, 2) logits whose argmax is ``classes``
         return np.stack([classes == 0, classes == 1]).astype(np.float32)[None]
 
-    right = peers.Contender("right", "fp32", infer=lambda x: logits(labels[int(x.max())]))
-    wrong = peers.Contender("wrong", "int8", infer=lambda x: logits(1 - labels[int(x.max())]))
+    def index(x):  # contenders take normalized (1, 3, h, w) float images, never frames
+        assert x.shape == (1, 3, 2, 2) and x.dtype == np.float32
+        return int(x.max())
+
+    right = peers.Contender("right", "fp32", infer=lambda x: logits(labels[index(x)]))
+    wrong = peers.Contender("wrong", "int8", infer=lambda x: logits(1 - labels[index(x)]))
     skipped = peers.Contender("not run", "int8", status="not run")
-    cfg = type("Cfg", (), {"name": "m", "num_classes": 2, "input": type("I", (), {"size": [2, 2]})})()
+    cfg = type("Cfg", (), {"name": "m", "num_classes": 2, "input": type("I", (), {"size": [2, 2]}),
+                           "mean": [0.0] * 3, "std": [1.0] * 3})()
     with_data = type("P", (), {"accuracy": type("A", (), {"data": "labelled"})()})()
     miou = peers.score(with_data, cfg, [right, wrong, skipped])
     assert miou == {id(right): 100.0, id(wrong): 0.0}
