@@ -38,8 +38,10 @@ $(VAL): | $(STAMP)
 build: $(STAMP) $(VAL)
 	$(PY) -m export build --config pipeline.yaml
 
+# --max-worker-restart 0: a worker that crashes (a segfault in a native library) ends the run with that test
+# failed; restarting it under --dist loadgroup hangs pytest-xdist 3.8 until CI's time runs out.
 test: $(STAMP) $(TRITON_STAMP)
-	$(PY) -m pytest -q -n auto --dist loadgroup
+	$(PY) -m pytest -q -n auto --dist loadgroup --max-worker-restart 0
 
 check: $(STAMP) $(VAL)
 	$(PY) -m export check --config pipeline.yaml --data build/synthetic_val --report build/check.md --json build/check.json
