@@ -29,6 +29,9 @@ def engine(folder, precision="int8"):
     return folder / "out" / "bisenetv2" / "onnxruntime" / f"{precision}.engine.onnx"
 
 
+AUTO = {"threads": 1, "int8_placement": "auto"}  # tiny_pipeline fixes one placement; these tests are of auto
+
+
 def injected(latencies: dict[str, float]):
     """A stand-in for ``measure_latencies`` that returns these medians (ms) and counts its calls."""
     def measure(runners, feed, **_):
@@ -60,7 +63,7 @@ def op_types(model: onnx.ModelProto) -> collections.Counter:
 def auto_build(tmp_path_factory):
     """A tiny auto build in which conv_matmul is timed twice as fast as all_ops (and both hold parity)."""
     folder = tmp_path_factory.mktemp("auto")
-    config = tiny_pipeline(folder)
+    config = tiny_pipeline(folder, onnxruntime=AUTO)
     log = build(config, measure_latencies=injected({"all_ops": 10.0, "conv_matmul": 5.0}))
     return folder, config, log
 
@@ -96,7 +99,8 @@ def test_the_manifest_records_every_candidate_and_the_choice(auto_build):
 
 def test_a_faster_placement_within_the_margin_does_not_replace_the_default(tmp_path):
     model = {"name": "bisenetv2", "num_classes": 4, "precisions": ["int8"], "input": {"size": [64, 64]}}
-    build(tiny_pipeline(tmp_path, models=[model]), measure_latencies=injected({"all_ops": 10.0, "conv_matmul": 9.8}))
+    build(tiny_pipeline(tmp_path, models=[model], onnxruntime=AUTO),
+          measure_latencies=injected({"all_ops": 10.0, "conv_matmul": 9.8}))
     block = read_manifest(engine(tmp_path))["int8"]
     rows = {c["placement"]: c for c in block["candidates"]}
     assert block["placement"] == "all_ops" and rows["all_ops"]["chosen"]
@@ -137,7 +141,7 @@ def test_a_faster_placement_that_misses_the_accuracy_budget_is_never_chosen(tmp_
 
     write_dataset(tmp_path / "val", 2, size=(64, 64), seed=5)
     model = {"name": "bisenetv2", "num_classes": 10, "precisions": ["int8"], "input": {"size": [64, 64]}}
-    config = tiny_pipeline(tmp_path, models=[model],
+    config = tiny_pipeline(tmp_path, models=[model], onnxruntime=AUTO,
                            accuracy={"data": "val", "budget_miou": 30.0, "max_fallback": 0},
                            parity={"num_inputs": 1, "int8": {"min_pixel_agreement": 0.0}})
     build(config, int8_with_budget=guard, measure_latencies=injected({"all_ops": 10.0, "conv_matmul": 2.0}))
