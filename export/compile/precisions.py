@@ -5,38 +5,26 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import onnx
 
-from engines.base import Runner
-
-from ..config import ModelConfig, Pipeline
+from ..config import Pipeline
 from ..log import log
-from ..measure.samples import Samples
 from ..measure.scoring import AccuracyScorer
 from .accuracy_guard import fp16_with_range_guard, int8_with_budget
-from .int8_placement import choose_placement, placements, summary
+from .int8_placement import Context as PlacementContext, choose_placement, placements, summary
 from .precision import DEFAULT_CPU_INT8_PLACEMENT, DEFAULT_CPU_INT8_SCHEME, int8_weight_max, to_fp16, to_int8
 
 
-class Context(Protocol):
-    """What a handler reads from the model build it serves (export/compile/build.py ``ModelBuild``)."""
-
-    pipeline: Pipeline
-    cfg: ModelConfig
+class Context(PlacementContext, Protocol):
+    """What a handler reads from the model build it serves (export/compile/build.py ``ModelBuild``): the INT8
+    placement choice's context (samples, parity, the CPU engine of a graph) and these."""
 
     def calibration(self) -> tuple[list[np.ndarray], str]: ...  # preprocessed batches, their hash
 
     def accuracy_scorer(self) -> AccuracyScorer: ...
-
-    # For choices measured on the engine itself (INT8's CPU placement): build.ModelBuild has these.
-    def samples(self) -> Samples: ...
-
-    def parity(self, make_runner: Callable[[], Runner]) -> dict: ...
-
-    def cpu_engine(self, graph: onnx.ModelProto) -> Callable[[], Runner]: ...
 
 
 @dataclass
